@@ -1,0 +1,1 @@
+"""CLCR model modules (Flax Linen)."""
