@@ -1,0 +1,154 @@
+"""CLCR objective (spec §3, defaults §8.7), in float32:
+
+  L = L_task + lambda_intra * L_Intra + lambda_inter * (L_pr + L_sp + L_mix) + budget penalty
+
+* L_task: cross-entropy (classification, per segment for AVE), L1 or MSE (regression).
+* R(X, Y): whitened cross-correlation of pooled summaries over the batch: standardise columns,
+  C = X^T Y / N, R = ||C||_F^2 / d.
+* L_Intra = sum_l [sum_{m<m'} R(p_l^m, p_l^m') + sum_m R(p_l^m, s_l^m)]
+* L_pr = sum_m sum_{l<l'} R(p_l^m, p_l'^m);  L_sp = sum_m sum_{l != l'} R(s_l^m, p_l'^m)
+* L_mix = mean_b sum_{(a, c) in mix_pairs} omega_a omega_c  (shallow-deep by default)
+* budget penalty = lambda_budget * sum_l (r_l - target)^2
+
+Batch statistics (R's standardisation, the means) are over the *global* batch. Under jit the
+arrays are global already. Under pmap, `BatchAxis(name)` gathers the per-device summaries and
+each device returns its share of the global loss, so psum of per-device gradients is the
+gradient of the global loss: the same numbers as jit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.lambda_intra = 0.1      # DEFAULT (§8.7); the paper sweeps {0.01, 0.05, 0.1, 0.5, 1.0}
+  c.lambda_inter = 0.1      # DEFAULT (§8.7)
+  c.lambda_budget = 0.01    # DEFAULT (§8.4): keeps B_l from drifting to dense exchange
+  c.budget_target = 0.68    # the paper's best participation ratio
+  c.regression = "l1"       # 'l1' (MAE, MMSA family) | 'mse'. DEFAULT (§8.7)
+  c.mix_pairs = ((0, 2),)   # "incompatible" level pairs for L_mix (shallow, deep). DEFAULT
+  c.whiten_eps = 1e-5
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchAxis:
+  """Where the batch lives: one array (jit, name=None) or split over a pmap axis `name`."""
+  name: str | None = None
+
+  def sum(self, x):
+    return jax.lax.psum(x, self.name) if self.name else x
+
+  def gather(self, x):
+    return jax.lax.all_gather(x, self.name, tiled=True) if self.name else x
+
+  def share(self, x):
+    """This device's share of a value every device computes identically."""
+    return x / jax.lax.psum(1, self.name) if self.name else x
+
+
+def task_loss(prediction, label, valid, task: str, regression: str = "l1",
+              axis: BatchAxis = BatchAxis()):
+  """Mean task loss over valid rows of the global batch (this device's share under pmap).
+
+  prediction: [B, C] logits | [B] values | [B, S, C] logits; label: int[B] | float[B] | int[B, S].
+  """
+  prediction = prediction.astype(jnp.float32)
+  w = valid.astype(jnp.float32)
+  if task == "classification":
+    per_row = optax.softmax_cross_entropy_with_integer_labels(prediction, label.astype(jnp.int32))
+  elif task == "segment_classification":
+    per_row = optax.softmax_cross_entropy_with_integer_labels(
+        prediction, label.astype(jnp.int32)).mean(axis=-1)
+  elif task == "regression":
+    err = prediction - label.astype(jnp.float32)
+    if regression == "l1":
+      per_row = jnp.abs(err)
+    elif regression == "mse":
+      per_row = err**2
+    else:
+      raise ValueError(f"config.loss.regression must be 'l1' or 'mse', found {regression!r}")
+  else:
+    raise ValueError(f"unknown task {task!r}")
+  return jnp.sum(per_row * w) / jnp.maximum(axis.sum(jnp.sum(w)), 1.0)
+
+
+def cross_correlation(x, y, valid, eps: float = 1e-5):
+  """R(X, Y) = ||C||_F^2 / d for X, Y [N, d] over the rows where valid [N] is True."""
+  w = valid.astype(jnp.float32)[:, None]
+  n = jnp.maximum(jnp.sum(w), 1.0)
+
+  def standardise(z):
+    z = z.astype(jnp.float32)
+    mean = jnp.sum(z * w, 0) / n
+    var = jnp.sum(((z - mean) * w)**2, 0) / n
+    return (z - mean) * jax.lax.rsqrt(var + eps) * w
+
+  c = standardise(x).T @ standardise(y) / n
+  return jnp.sum(c**2) / x.shape[-1]
+
+
+def regularisers(aux: Mapping[str, Any], valid, mix_pairs=((0, 2),), eps: float = 1e-5,
+                 axis: BatchAxis = BatchAxis()) -> dict[str, jax.Array]:
+  """L_intra, L_pr, L_sp, L_mix from CLCR's aux (zeros where a stream or level is absent)."""
+  zero = jnp.zeros((), jnp.float32)
+  shared, private = aux.get("shared"), aux.get("private")
+  terms = {"intra": zero, "pr": zero, "sp": zero, "mix": zero}
+  if shared is None:  # baselines carry no summaries
+    return terms
+  valid_all = axis.gather(valid)
+  r = lambda a, b: cross_correlation(axis.gather(a), axis.gather(b), valid_all, eps)
+  levels = range(len(shared))
+  mods = sorted(shared[0])
+  if private is not None:
+    terms["intra"] = sum((sum((r(private[l][a], private[l][b])
+                               for a, b in itertools.combinations(mods, 2)), zero) +
+                          sum((r(private[l][m], shared[l][m]) for m in mods), zero))
+                         for l in levels)
+    terms["pr"] = sum((r(private[l][m], private[k][m]) for m in mods
+                       for l, k in itertools.combinations(levels, 2)), zero)
+    terms["sp"] = sum((r(shared[l][m], private[k][m]) for m in mods
+                       for l in levels for k in levels if l != k), zero)
+    terms = {k: axis.share(v) for k, v in terms.items()}
+  omega = aux.get("omega")
+  pairs = [(a, c) for a, c in mix_pairs if max(a, c) < len(shared)]
+  if omega is not None and pairs:
+    w = valid.astype(jnp.float32)
+    per_row = sum(omega[:, a] * omega[:, c] for a, c in pairs)
+    terms["mix"] = jnp.sum(per_row * w) / jnp.maximum(axis.sum(jnp.sum(w)), 1.0)
+  return terms
+
+
+def budget_penalty(aux, target: float):
+  ratio = aux.get("budget_ratio")
+  if ratio is None:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sum((ratio.astype(jnp.float32) - target)**2)
+
+
+def total_loss(prediction, aux, batch, loss_config, task: str,
+               axis: BatchAxis = BatchAxis()) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The training objective and its terms (for logging).
+
+  Returns (total, {'task', 'intra', 'inter', 'pr', 'sp', 'mix', 'budget', 'total'}); under pmap
+  each value is this device's share, so psum gives the global number.
+  """
+  valid = batch["valid"]
+  terms = {"task": task_loss(prediction, batch["label"], valid, task, loss_config.regression,
+                             axis)}
+  terms.update(regularisers(aux, valid, tuple(loss_config.mix_pairs), loss_config.whiten_eps,
+                            axis))
+  terms["inter"] = terms["pr"] + terms["sp"] + terms["mix"]
+  terms["budget"] = axis.share(budget_penalty(aux, loss_config.budget_target))
+  total = (terms["task"] + loss_config.lambda_intra * terms["intra"] +
+           loss_config.lambda_inter * terms["inter"] + loss_config.lambda_budget * terms["budget"])
+  terms["total"] = total
+  return total, terms

@@ -1,0 +1,63 @@
+"""Model configuration defaults. Experiment configs override only what differs.
+
+Every choice the paper leaves open is a field here with the spec's §8 default (marked DEFAULT);
+fields named after a paper symbol say so.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def modality(kind: str, backbone: str = "tcn") -> ml_collections.ConfigDict:
+  """One modality's encoder: input layout and backbone (see models/backbones.py)."""
+  return ml_collections.ConfigDict({"kind": kind, "backbone": backbone})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "clcr"                 # 'clcr' | 'late_fusion' | 'flat_attention'
+  # 'classification' | 'regression' | 'segment_classification', or 'auto': from the dataset.
+  c.task = "auto"
+  c.num_classes = 0               # 0: from the dataset
+  c.num_segments = 0              # S for segment_classification (AVE: 10); 0: from the dataset
+  # Modality name -> {kind, backbone}; modalities are ordered by name. Empty: every modality
+  # of the dataset, with its reader's kind and the TCN backbone.
+  c.modalities = ml_collections.ConfigDict()
+
+  c.d = 128                       # common width d. DEFAULT (§8.2): 128 MSA, 512 AV
+  c.d_shared = 0                  # d_sh; 0 -> d // 2. DEFAULT (§8.2)
+  c.d_private = 0                 # d_pr; 0 -> d // 2. DEFAULT (§8.2)
+  c.num_heads = 4                 # DEFAULT (§8.2): 4 for d=128, 8 for d=512
+  c.dropout = 0.1                 # DEFAULT (§8.2)
+  c.ffn_mult = 2                  # exchange FFN hidden = ffn_mult * width. DEFAULT (§8.5)
+  c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
+  c.max_len = 0                   # positional table length; 0 -> length seen at init
+  c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)
+  c.attention = "einsum"          # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention)
+
+  c.tcn = ml_collections.ConfigDict()
+  c.tcn.width = 0                 # 0 -> d
+  c.tcn.kernel_size = 3           # DEFAULT (§8.1)
+  c.tcn.dilations = (1, 2, 4)     # receptive fields 3 -> 7 -> 15. DEFAULT (§8.1)
+  c.resnet = ml_collections.ConfigDict()
+  c.resnet.base_width = 64        # 64 = standard ResNet-18
+  c.resnet.spatial_grid = 1       # clip tokens per frame = grid**2. DEFAULT
+
+  c.budget = ml_collections.ConfigDict()
+  c.budget.participation_init = 0.68  # B_l / T at init; the paper's optimum r ~ 0.68
+  c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (§8.4)
+  c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (§8.4)
+  c.budget.method = "sort"            # capped-simplex solver: 'sort' | 'bisection'
+
+  # The paper's Table 3 ablations, as switches of this one model.
+  c.ablation = ml_collections.ConfigDict()
+  c.ablation.no_hierarchy = False     # one level (the deep one)
+  c.ablation.no_intraced = False      # no shared/private split, no exchange
+  c.ablation.no_intercad = False      # uniform level / modality weights, no private gates
+  c.ablation.full_mix = False         # tokens of all levels in one pool
+  c.ablation.dense_budget = False     # every valid token exchanges (alpha = 1)
+
+  c.dtype = "float32"             # activations: 'float32' | 'bfloat16'
+  c.param_dtype = "float32"
+  c.remat = False                 # rematerialise backbones to save memory
+  return c

@@ -1,0 +1,180 @@
+"""Intra-Level Co-Exchange Domain (IntraCED), spec §2.3 with the defaults of §8.3-§8.5.
+
+At one level l, for modalities m:
+  1. Stiefel split: an orthonormal shared basis U_sh [d, d_sh] common to all modalities and a
+     private basis U_pr,m [d, d_pr] per modality, orthogonal to U_sh by construction (QR of
+     (I - U_sh U_sh^T) W_pr,m). h_sh = h U_sh, h_pr = h U_pr,m.
+  2. Token budget: e_t = ||h_sh,t||, a~_t = sigmoid(kappa (e_t - theta)), and
+     alpha = capped-simplex projection of a~ with budget B = r_l * (#valid tokens),
+     r_l = sigmoid(b_l) learnable (initial participation ratio 0.68).
+  3. Exchange among shared tokens only: h_sh <- LN(h_sh + Dropout(alpha * MHA(h_sh^m, pool of the
+     other modalities' shared tokens))), then a position-wise FFN with residual + LN.
+Private streams never enter a cross-modal operation; a token with alpha = 0 receives nothing
+from the other modalities.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clcr_jax.models import layers
+from clcr_jax.models import token_budget
+
+Dtype = Any
+
+
+def orthonormal_columns(w: jax.Array) -> jax.Array:
+  """Q of the QR decomposition of w [d, k] with the column-sign fix diag(R) > 0 (unique, smooth)."""
+  q, r = jnp.linalg.qr(w.astype(jnp.float32))
+  sign = jnp.sign(jnp.diagonal(r))
+  return q * jnp.where(sign == 0, 1.0, sign)
+
+
+class StiefelBases(nn.Module):
+  """Returns U_sh [d, d_sh] and {m: U_pr,m [d, d_pr]} with U_sh^T U_pr,m = 0 and orthonormal columns."""
+  d: int
+  d_shared: int
+  d_private: int
+  modalities: Sequence[str]
+
+  @nn.compact
+  def __call__(self):
+    if self.d_shared + self.d_private > self.d:
+      raise ValueError(f"d_shared + d_private = {self.d_shared + self.d_private} exceeds d = {self.d}")
+    init = nn.initializers.orthogonal()
+    u_sh = orthonormal_columns(self.param("w_shared", init, (self.d, self.d_shared)))
+    complement = jnp.eye(self.d) - u_sh @ u_sh.T
+    u_pr = {m: orthonormal_columns(complement @ self.param(f"w_private_{m}", init,
+                                                           (self.d, self.d_private)))
+            for m in self.modalities}
+    return u_sh, u_pr
+
+
+class TokenBudget(nn.Module):
+  """Learnable token budget of one level (spec §8.4).
+
+  Parameters: k (kappa = softplus(k)), theta, b (participation ratio r = sigmoid(b)).
+  Call: shared {m: [B, T, d_sh]}, masks {m: bool[B, T]} ->
+    alpha {m: float32[B, T]}, budget {m: float32[B]}, ratio float32[].
+  """
+  participation_init: float = 0.68
+  kappa_init: float = 1.0
+  theta_init: float = 0.0
+  method: str = "sort"
+  dense: bool = False
+
+  @nn.compact
+  def __call__(self, shared, masks):
+    r0 = float(np.clip(self.participation_init, 1e-4, 1 - 1e-4))
+    b = self.param("b", nn.initializers.constant(np.log(r0 / (1 - r0))), ())
+    k = self.param("k", nn.initializers.constant(np.log(np.expm1(self.kappa_init))), ())
+    theta = self.param("theta", nn.initializers.constant(self.theta_init), ())
+    ratio = jax.nn.sigmoid(b)
+    alpha, budget = {}, {}
+    for m, h in shared.items():
+      mask = masks[m]
+      n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
+      budget[m] = ratio * n_valid
+      if self.dense:
+        alpha[m] = mask.astype(jnp.float32)
+        continue
+      e = jnp.linalg.norm(h.astype(jnp.float32), axis=-1)
+      scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
+      alpha[m] = token_budget.capped_simplex_projection(scores, budget[m], mask, method=self.method)
+    return alpha, budget, ratio
+
+
+class SharedExchange(nn.Module):
+  """Budgeted cross-modal attention of one query modality over the others' shared tokens.
+
+  Call: query [B, T, d_sh], alpha [B, T], pool [B, T_pool, d_sh], pool_mask [B, T_pool]
+  -> [B, T, d_sh].
+  """
+  num_heads: int
+  dropout: float = 0.1
+  ffn_mult: int = 2
+  attention: str = "einsum"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, alpha, pool, pool_mask, *, train: bool):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    width = query.shape[-1]
+    msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
+                                    **kw)(query, pool, pool_mask)
+    msg = nn.Dropout(self.dropout, deterministic=not train)(alpha[..., None].astype(msg.dtype) * msg)
+    h = nn.LayerNorm(name="norm1", **kw)(query + msg)
+    ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(h, train=train)
+    ffn = nn.Dropout(self.dropout, deterministic=not train)(ffn)
+    return nn.LayerNorm(name="norm2", **kw)(h + ffn)
+
+
+class IntraCED(nn.Module):
+  """One level of IntraCED (the model maps it over the levels with nn.vmap).
+
+  Call: H {m: [B, T_m, d]}, masks {m: bool[B, T_m]} -> dict with
+    'shared' {m: [B, T_m, d_sh]} (after exchange), 'private' {m: [B, T_m, d_pr]},
+    'alpha' {m: float32[B, T_m]}, 'budget' {m: float32[B]}, 'ratio' float32[].
+  With `split=False` (the "w/o IntraCED" ablation) the shared stream is H itself, there is no
+  private stream (None), no budget and no exchange.
+  """
+  d: int
+  d_shared: int
+  d_private: int
+  modalities: Sequence[str]
+  num_heads: int = 4
+  dropout: float = 0.1
+  ffn_mult: int = 2
+  split: bool = True
+  participation_init: float = 0.68
+  kappa_init: float = 1.0
+  theta_init: float = -1.0
+  budget_method: str = "sort"
+  dense_budget: bool = False
+  private_ffn: bool = False
+  attention: str = "einsum"
+  train: bool = False  # an attribute, not a call argument, so that nn.vmap over levels works
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
+    train = self.train
+    if not self.split:
+      ones = {m: masks[m].astype(jnp.float32) for m in self.modalities}
+      return {"shared": dict(h), "private": None, "alpha": ones,
+              "budget": {m: ones[m].sum(-1) for m in self.modalities},
+              "ratio": jnp.ones((), jnp.float32)}
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    u_sh, u_pr = StiefelBases(self.d, self.d_shared, self.d_private, tuple(self.modalities),
+                              name="bases")()
+    shared = {m: h[m] @ u_sh.astype(h[m].dtype) for m in self.modalities}
+    private = {m: h[m] @ u_pr[m].astype(h[m].dtype) for m in self.modalities}
+    # For LayerNormed h, ||h U_sh|| is about sqrt(d_sh) at init: the default threshold sits there.
+    theta = self.theta_init if self.theta_init >= 0 else float(np.sqrt(self.d_shared))
+    alpha, budget, ratio = TokenBudget(self.participation_init, self.kappa_init, theta,
+                                       self.budget_method, self.dense_budget,
+                                       name="budget")(shared, masks)
+    exchanged = {}
+    for m in self.modalities:
+      others = [o for o in self.modalities if o != m]
+      if not others:  # a single modality has nobody to exchange with
+        exchanged[m] = shared[m]
+        continue
+      pool = jnp.concatenate([shared[o] for o in others], axis=1)
+      pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
+      exchanged[m] = SharedExchange(self.num_heads, self.dropout, self.ffn_mult, self.attention,
+                                    name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool,
+                                                                pool_mask, train=train)
+    if self.private_ffn:
+      private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(
+          p + layers.MLP(self.ffn_mult * self.d_private, self.d_private, self.dropout,
+                         name=f"private_ffn_{m}", **kw)(p, train=train))
+                 for m, p in private.items()}
+    return {"shared": exchanged, "private": private, "alpha": alpha, "budget": budget,
+            "ratio": ratio}

@@ -1,0 +1,140 @@
+"""Small building blocks shared by the CLCR modules: masked pooling, attention, MLP, positions.
+
+Shapes use B = batch, T = tokens, d = width, h = heads. Masks are bool with True = real token.
+Softmaxes run in float32 whatever the activation dtype.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
+  """Mean of x [..., T, d] over the tokens where mask [..., T] is True; 0 for fully masked rows."""
+  w = mask.astype(jnp.float32)[..., None]
+  total = jnp.sum(x.astype(jnp.float32) * w, axis=axis)
+  count = jnp.maximum(jnp.sum(w, axis=axis), 1.0)
+  return (total / count).astype(x.dtype)
+
+
+def segment_pooling_matrix(num_tokens: int, num_segments: int) -> np.ndarray:
+  """float32[T, S] one-hot assignment of token t to segment floor(t * S / T).
+
+  Tokens are time-major (frames x space for clips), so this maps tokens to equal time spans.
+  """
+  seg = (np.arange(num_tokens) * num_segments) // num_tokens
+  return np.eye(num_segments, dtype=np.float32)[seg]
+
+
+def masked_segment_mean(x: jax.Array, mask: jax.Array, num_segments: int) -> jax.Array:
+  """Per-segment masked mean: x [B, T, d], mask [B, T] -> [B, S, d] (0 for empty segments)."""
+  assign = jnp.asarray(segment_pooling_matrix(x.shape[-2], num_segments))
+  w = mask.astype(jnp.float32)[..., None] * assign  # [B, T, S]
+  total = jnp.einsum("bts,btd->bsd", w, x.astype(jnp.float32))
+  count = jnp.maximum(jnp.sum(w, axis=1), 1.0)[..., None]
+  return (total / count).astype(x.dtype)
+
+
+def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
+  """float32[bins, size] averaging matrix of PyTorch-style adaptive average pooling."""
+  out = np.zeros((bins, size), np.float32)
+  for i in range(bins):
+    lo, hi = (i * size) // bins, -(-((i + 1) * size) // bins)
+    out[i, lo:hi] = 1.0 / (hi - lo)
+  return out
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                          implementation: str = "einsum") -> jax.Array:
+  """Multi-head attention core.
+
+  Args:
+    q: [B, Tq, h, dh]; k, v: [B, Tk, h, dh]; key_mask: bool [B, Tk].
+    implementation: 'einsum' (explicit float32 softmax) or 'xla' / 'cudnn'
+      (`jax.nn.dot_product_attention`, faster on GPU).
+  Returns:
+    [B, Tq, h, dh]. A query whose keys are all masked gets exactly zero (not a uniform average),
+    so an absent modality contributes nothing.
+  """
+  has_key = jnp.any(key_mask, axis=-1)[:, None, None, None]
+  if implementation == "einsum":
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(key_mask[:, None, None, :], logits, -1e30)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  elif implementation in ("xla", "cudnn"):
+    mask = jnp.broadcast_to(key_mask[:, None, None, :],
+                            (q.shape[0], 1, q.shape[1], k.shape[1]))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  else:
+    raise ValueError(f"attention implementation must be 'einsum', 'xla' or 'cudnn', "
+                     f"found {implementation!r}")
+  return jnp.where(has_key, out, 0).astype(v.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """Cross-attention: queries [B, Tq, d_in] attend to keys/values [B, Tk, d_kv] -> [B, Tq, d]."""
+  num_heads: int
+  features: int
+  implementation: str = "einsum"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, keys_values, key_mask):
+    if self.features % self.num_heads:
+      raise ValueError(f"attention width {self.features} is not divisible by "
+                       f"num_heads={self.num_heads}")
+    head_dim = self.features // self.num_heads
+    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
+                                        param_dtype=self.param_dtype, name=name)
+    q = proj("query")(queries)
+    k = proj("key")(keys_values)
+    v = proj("value")(keys_values)
+    out = dot_product_attention(q, k, v, key_mask, self.implementation)
+    return nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype,
+                           param_dtype=self.param_dtype, name="out")(out)
+
+
+class MLP(nn.Module):
+  """Dense -> GELU -> Dropout -> Dense, on the last axis."""
+  hidden: int
+  out: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+
+
+class PositionalEmbedding(nn.Module):
+  """Learned additive embedding P [T_max, d] (spec §8.1: N(0, 0.02)); returns P[:T].
+
+  `max_len=0` sizes the table from the sequence seen at init.
+  """
+  max_len: int = 0
+  init_std: float = 0.02
+  where: str = ""
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, num_tokens: int, width: int):
+    size = self.max_len or num_tokens
+    table = self.param("embedding", nn.initializers.normal(self.init_std), (size, width),
+                       self.param_dtype)
+    if num_tokens > table.shape[0]:
+      raise ValueError(f"{self.where}: {num_tokens} tokens but the positional table holds "
+                       f"{table.shape[0]} (the length seen at init); set "
+                       f"config.model.max_len to the longest sequence")
+    return table[:num_tokens]
