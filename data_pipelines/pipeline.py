@@ -36,7 +36,8 @@ def resolve_backend(requested: str, reader) -> str:
   """'tf' or 'numpy' from config.data.backend in {'auto', 'tf', 'numpy'}."""
   if requested not in ("auto", "tf", "numpy"):
     raise ValueError(f"config.data.backend must be 'auto', 'tf' or 'numpy', found {requested!r}")
-  has_tf = tensorflow_or_none() is not None
+  # Only probe for TensorFlow when it may be used: importing it costs seconds and memory.
+  has_tf = requested != "numpy" and tensorflow_or_none() is not None
   if requested == "tf" and not has_tf:
     raise ImportError("config.data.backend='tf' but TensorFlow is not installed; "
                       "pip install 'clcr_jax[tf]' or set config.data.backend='numpy'")
@@ -63,23 +64,38 @@ def _background(it: Iterator, depth: int) -> Iterator:
     return
   q: queue.Queue = queue.Queue(maxsize=depth)
   done = object()
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    # A consumer that stops early never drains the queue; wake up to notice `stop`.
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def fill():
     try:
       for item in it:
-        q.put(item)
-      q.put(done)
+        if not put(item):
+          return
+      put(done)
     except BaseException as e:  # pylint: disable=broad-except
-      q.put(e)
+      put(e)
 
   threading.Thread(target=fill, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:  # runs when the consumer finishes, breaks out, or drops the iterator
+    stop.set()
 
 
 def _numpy_train(reader, split, order: sampling.TrainOrder, start_step, num_steps):
@@ -163,9 +179,34 @@ def _tf_batches(tf, reader, split, train: bool, rows_of, count: int, batch_size:
     ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
-  if seed is not None:
-    options.experimental_seed = seed
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  # tf.data.Options has no seed field (TF 2.21); all randomness comes from the per-example
+  # stateless seeds, so `seed` needs no tf.data setting.
+  del seed
+  batches = ds.with_options(options).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  return _explained(tf, batches, reader, split, train, rows_of)
+
+
+def _explained(tf, batches, reader, split, train, rows_of):
+  """Yields `batches`; a TensorFlow error inside batch i is re-raised as the reader's own error.
+
+  Decoding inside tf.data loses which file was bad (a JPEG decode or a py-function failure
+  surfaces as a bare InvalidArgumentError). Re-reading the failing batch through
+  `reader.load_examples` runs the same rows on the numpy side, where readers raise a DataError
+  naming the file, expected vs found. If that read succeeds, the original error is re-raised.
+  """
+  i = 0
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError:
+      rows, _, seeds = rows_of(i)
+      reader.load_examples(split, rows, train=train,
+                           seeds=seeds.astype(np.uint32) if train else None)
+      raise
+    yield batch
+    i += 1
 
 
 # ---------------------------------------------------------------------------------------------
