@@ -1,10 +1,18 @@
-"""Test-suite setup: 8 fake CPU devices for the sharding and pmap tests.
+"""Test-suite setup, done before anything imports jax.
 
-XLA reads the flag once, when the CPU backend starts, so it must be set before anything imports
-jax. pytest imports conftest.py before the test modules.
+* 8 fake CPU devices for the sharding and pmap tests.
+* XLA's CPU backend at optimisation level 0: the tests run tiny models for a few steps, where
+  compile time dominates, and -O0 compiles about 2.5x faster.
+* A persistent compilation cache shared by this session and its subprocesses, so that the many
+  tests that build the same tiny model compile it once.
 """
 import os
+import tempfile
 
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0")
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"clcr_jax_test_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

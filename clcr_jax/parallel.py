@@ -1,0 +1,123 @@
+"""Data parallelism: one step function, compiled by `jax.jit` with shardings or by `jax.pmap`.
+
+jit (default, multi-host): a `Mesh` over all devices with one 'data' axis; each process turns
+its host-local batch into a global `jax.Array` with `jax.make_array_from_process_local_data`;
+the train state is replicated and donated.
+
+pmap (`config.parallel.mode='pmap'`, single host): the same step function mapped over local
+devices with axis 'batch'; losses reduce over that axis (see `losses.BatchAxis`) and gradients
+are summed with psum, so both modes compute the same global-batch loss.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from clcr_jax import losses
+
+PMAP_AXIS = "batch"
+
+
+def make_mesh(mesh_shape) -> Mesh:
+  """A Mesh over all devices with axis 'data'. mesh_shape (-1,) means every device."""
+  devices = np.asarray(jax.devices())
+  shape = tuple(mesh_shape)
+  if len(shape) != 1:
+    raise ValueError(f"config.parallel.mesh_shape must have one entry (the data axis), "
+                     f"found {shape}")
+  if shape[0] not in (-1, devices.size):
+    raise ValueError(f"config.parallel.mesh_shape={shape} but there are {devices.size} "
+                     f"devices; use (-1,) for all of them")
+  return Mesh(devices.reshape(devices.size), ("data",))
+
+
+def check_batch_size(global_batch_size: int, what: str = "train.batch_size") -> None:
+  n = jax.device_count()
+  if global_batch_size % n:
+    raise ValueError(f"config.{what}={global_batch_size} is not divisible by the "
+                     f"{n} devices; use a multiple of {n}")
+
+
+class DataParallel:
+  """Places states and batches and compiles step functions for one parallel mode.
+
+  `train_step(state, batch, rng, axis)` and `eval_step(state, batch, axis)` are plain functions
+  of pytrees; `axis` is the `losses.BatchAxis` the wrapper passes in.
+  """
+
+  def __init__(self, mode: str, mesh_shape=(-1,)):
+    if mode not in ("jit", "pmap"):
+      raise ValueError(f"config.parallel.mode must be 'jit' or 'pmap', found {mode!r}")
+    if mode == "pmap" and jax.process_count() > 1:
+      raise ValueError("parallel.mode='pmap' runs on one host; use 'jit' for multi-host runs")
+    self.mode = mode
+    self.mesh = make_mesh(mesh_shape)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.axis = losses.BatchAxis(PMAP_AXIS if mode == "pmap" else None)
+
+  @property
+  def model_axis_name(self) -> str | None:
+    """Axis name for cross-replica BatchNorm (pmap only; jit sees the global batch)."""
+    return PMAP_AXIS if self.mode == "pmap" else None
+
+  # -- placement ---------------------------------------------------------------------------
+  def put_state(self, state):
+    if self.mode == "jit":
+      return jax.device_put(state, self.replicated)
+    n = jax.local_device_count()
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+    return jax.pmap(lambda x: x)(stacked)
+
+  def get_state(self, device_state):
+    """The state as one replicated copy (what checkpoints hold)."""
+    if self.mode == "jit":
+      return device_state
+    return jax.tree.map(lambda x: np.asarray(x[0]), device_state)
+
+  def put_batch(self, local_batch):
+    if self.mode == "jit":
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(x)),
+          local_batch)
+    n = jax.local_device_count()
+
+    def split(x):
+      x = np.asarray(x)
+      if x.shape[0] % n:
+        raise ValueError(f"host batch of {x.shape[0]} rows does not split over {n} devices")
+      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    return jax.tree.map(split, local_batch)
+
+  # -- compilation -------------------------------------------------------------------------
+  def compile_train(self, train_step: Callable) -> Callable:
+    """(state, batch, rng) -> (state, metrics); metrics are replicated scalars/arrays."""
+    step = functools.partial(train_step, axis=self.axis)
+    if self.mode == "jit":
+      return jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
+                     out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    mapped = jax.pmap(step, axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+
+    def run(state, batch, rng):
+      state, metrics = mapped(state, batch, rng)
+      return state, jax.tree.map(lambda x: x[0], metrics)
+    return run
+
+  def compile_eval(self, eval_step: Callable) -> Callable:
+    """(state, batch) -> outputs as host numpy arrays over this host's rows, in order."""
+    step = functools.partial(eval_step, axis=self.axis)
+    if self.mode == "jit":
+      jitted = jax.jit(step, in_shardings=(self.replicated, self.data_sharding),
+                       out_shardings=self.replicated)
+      return lambda state, batch: jax.tree.map(np.asarray, jitted(state, batch))
+    mapped = jax.pmap(step, axis_name=PMAP_AXIS, in_axes=(0, 0))
+
+    def run(state, batch):
+      out = jax.tree.map(np.asarray, mapped(state, batch))
+      return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+    return run
+

@@ -1,0 +1,448 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop behind the CLI, notebooks, sweeps.
+
+Order of business (big_vision style): resume first from the workdir's latest checkpoint, else
+initialise; train with one compiled step (jit with shardings, or pmap); evaluate on the
+validation split every `eval.every_steps` and keep the best checkpoint by the selection metric;
+finally evaluate the selected checkpoint on the test split and write `results.json`.
+
+Reproducibility: the data order is a pure function of (seed, epoch, step) and the step's RNG is
+`fold_in(seed key, step)`, so a run killed at any point and restarted with the same command ends
+with bitwise-identical parameters and metrics on CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from clcr_jax import checkpointing
+from clcr_jax import losses
+from clcr_jax import metric_writers
+from clcr_jax import metrics as metrics_lib
+from clcr_jax import models
+from clcr_jax import optim
+from clcr_jax import parallel
+from data_pipelines import pipeline
+from data_pipelines import registry
+from data_pipelines import sampling
+
+TRAIN_STATE_KEYS = ("params", "batch_stats", "opt_state", "step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration resolved against the dataset
+# ---------------------------------------------------------------------------------------------
+def resolve_model_config(model_config, reader) -> ml_collections.ConfigDict:
+  """Fills the model fields left to the data ('auto' task, 0 classes, no modalities) and checks
+  the explicit ones against the reader. Returns an unlocked copy."""
+  cfg = ml_collections.ConfigDict(model_config.to_dict())
+  task, specs = reader.task, reader.modalities
+  name = reader.config.get("name", "?")
+  if cfg.task == "auto":
+    cfg.task = task.task
+  elif cfg.task != task.task:
+    raise ValueError(f"config.model.task={cfg.task!r} but dataset {name!r} is "
+                     f"{task.task!r}; set config.model.task='auto' or {task.task!r}")
+  if task.num_classes:
+    if cfg.num_classes == 0:
+      cfg.num_classes = task.num_classes
+    elif cfg.num_classes != task.num_classes:
+      raise ValueError(f"config.model.num_classes={cfg.num_classes} but dataset {name!r} has "
+                       f"{task.num_classes} classes")
+  if task.num_segments and cfg.num_segments == 0:
+    cfg.num_segments = task.num_segments
+  if not cfg.modalities:
+    cfg.modalities = ml_collections.ConfigDict(
+        {m: models.modality(s.kind) for m, s in specs.items()})
+  unknown = sorted(set(cfg.modalities.keys()) - set(specs))
+  if unknown:
+    raise ValueError(f"config.model.modalities names {unknown}, which dataset {name!r} does not "
+                     f"have; its modalities are {sorted(specs)}")
+  for m in cfg.modalities.keys():
+    if cfg.modalities[m].kind != specs[m].kind:
+      raise ValueError(f"config.model.modalities.{m}.kind={cfg.modalities[m].kind!r} but "
+                       f"dataset {name!r} provides {m!r} as {specs[m].kind!r} "
+                       f"with per-example shape {specs[m].shape}")
+  return cfg
+
+
+def selection_rule(config, task: str) -> tuple[str, str, str]:
+  """(split, metric, mode) of model selection."""
+  metric, mode = config.eval.select_metric, config.eval.select_mode
+  if metric == "auto":
+    metric, mode = {"classification": ("accuracy", "max"), "regression": ("loss", "min"),
+                    "segment_classification": ("segment_accuracy", "max")}[task]
+  if mode not in ("min", "max"):
+    raise ValueError(f"config.eval.select_mode must be 'min' or 'max', found {mode!r}")
+  return config.eval.select_on, metric, mode
+
+
+# ---------------------------------------------------------------------------------------------
+# The step functions (pure; `parallel.DataParallel` compiles them for jit or pmap)
+# ---------------------------------------------------------------------------------------------
+def _variables(state):
+  variables = {"params": state["params"]}
+  if state["batch_stats"]:
+    variables["batch_stats"] = state["batch_stats"]
+  return variables
+
+
+def diagnostics(aux, valid, axis: losses.BatchAxis, modalities) -> dict[str, jax.Array]:
+  """Budget participation per level, omega per level, beta and eta per modality (global means)."""
+  out = {}
+  w = valid.astype(jnp.float32)
+  n = jnp.maximum(axis.sum(jnp.sum(w)), 1.0)
+  mean_rows = lambda x: axis.sum(jnp.sum(x * w[:, None], 0)) / n
+  for name in ("omega", "beta", "eta"):
+    if aux.get(name) is not None:
+      values = mean_rows(aux[name].astype(jnp.float32))
+      labels = [f"level{l}" for l in range(values.shape[0])] if name == "omega" else modalities
+      out.update({f"{name}/{k}": values[i] for i, k in enumerate(labels)})
+  if aux.get("alpha") is not None:
+    for l, (alpha, mask) in enumerate(zip(aux["alpha"], aux["token_mask"])):
+      picked = tokens = 0.0
+      for m in alpha:
+        valid_tokens = mask[m] & valid[:, None]
+        picked = picked + axis.sum(jnp.sum((alpha[m] > 0) & valid_tokens))
+        tokens = tokens + axis.sum(jnp.sum(valid_tokens))
+      out[f"budget/level{l}_participation"] = picked / jnp.maximum(tokens, 1.0)
+      out[f"budget/level{l}_ratio"] = aux["budget_ratio"][l]
+  return out
+
+
+def make_train_step(model, tx, schedule, config):
+  loss_config, task = config.loss, config.model.task
+  modalities = tuple(config.model.modalities.keys())
+
+  def train_step(state, batch, rng, axis: losses.BatchAxis):
+    rng = jax.random.fold_in(rng, state["step"])
+    if axis.name:  # distinct dropout masks per device
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis.name))
+
+    def loss_fn(params):
+      variables = _variables(dict(state, params=params))
+      (prediction, aux), updated = model.apply(
+          variables, batch["inputs"], batch["masks"], train=True, rngs={"dropout": rng},
+          mutable=["batch_stats"])
+      total, terms = losses.total_loss(prediction, aux, batch, loss_config, task, axis)
+      return total, (terms, aux, updated)
+
+    (_, (terms, aux, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    grads, terms = axis.sum(grads), axis.sum(terms)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"params": optax.apply_updates(state["params"], updates),
+                 "batch_stats": updated.get("batch_stats", state["batch_stats"]),
+                 "opt_state": opt_state, "step": state["step"] + 1}
+    out = {f"loss/{k}": v for k, v in terms.items()}
+    out["grad_norm"] = optax.global_norm(grads)
+    out["learning_rate"] = schedule(state["step"])
+    out.update(diagnostics(aux, batch["valid"], axis, modalities))
+    return new_state, out
+  return train_step
+
+
+def make_eval_step(model):
+  def eval_step(state, batch, axis: losses.BatchAxis):
+    del axis
+    prediction, aux = model.apply(_variables(state), batch["inputs"], batch["masks"], train=False)
+    out = {"prediction": prediction, "label": batch["label"], "valid": batch["valid"]}
+    for name in ("omega", "beta", "eta"):
+      if aux.get(name) is not None:
+        out[name] = aux[name]
+    if aux.get("alpha") is not None:
+      out["participation"] = jnp.stack([
+          sum(jnp.sum((a[m] > 0) & mk[m], -1) for m in a) /
+          jnp.maximum(sum(jnp.sum(mk[m], -1) for m in a), 1)
+          for a, mk in zip(aux["alpha"], aux["token_mask"])], axis=-1)
+    return out
+  return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side evaluation
+# ---------------------------------------------------------------------------------------------
+def task_loss_numpy(prediction, label, valid, task: str, regression: str) -> float:
+  """Mean task loss over valid rows, in float64 (the validation loss MMSA selects on)."""
+  p = np.asarray(prediction, np.float64)[valid]
+  y = np.asarray(label)[valid]
+  if task == "regression":
+    err = p - y.astype(np.float64)
+    return float(np.mean(np.abs(err)) if regression == "l1" else np.mean(err**2))
+  logp = p - p.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  picked = np.take_along_axis(logp, y.astype(np.int64)[..., None], -1)[..., 0]
+  return float(-picked.mean())
+
+
+def summarise_eval(outputs, config, modalities) -> dict[str, Any]:
+  task = config.model.task
+  valid = outputs["valid"].astype(bool)
+  result = metrics_lib.metrics_for_task(
+      task, outputs["prediction"], outputs["label"], valid,
+      num_classes=config.model.num_classes or None, variant=config.eval.regression_variant)
+  result["loss"] = task_loss_numpy(outputs["prediction"], outputs["label"], valid, task,
+                                   config.loss.regression)
+  for name, labels in (("omega", None), ("beta", modalities), ("eta", modalities),
+                       ("participation", None)):
+    if name in outputs:
+      values = outputs[name][valid].mean(0)
+      labels = labels or [f"level{l}" for l in range(len(values))]
+      result.update({f"{name}/{k}": float(v) for k, v in zip(labels, values)})
+  return result
+
+
+class Evaluator:
+  """Runs the compiled eval step over a split and computes the metrics on host."""
+
+  def __init__(self, dp, eval_fn, reader, config, modalities):
+    self.dp, self.eval_fn, self.reader, self.config = dp, eval_fn, reader, config
+    self.modalities = modalities
+
+  def outputs(self, device_state, split: str) -> dict[str, np.ndarray]:
+    chunks = []
+    for batch in pipeline.eval_batches(
+        self.reader, split, global_batch_size=self.config.eval.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        backend=self.config.data.backend):
+      chunks.append(self.eval_fn(device_state, self.dp.put_batch(batch)))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def __call__(self, device_state, split: str) -> dict[str, Any]:
+    return summarise_eval(self.outputs(device_state, split), self.config, self.modalities)
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+  if value is None or not np.isfinite(value):
+    return False
+  return best is None or (value < best if mode == "min" else value > best)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (TPU preemption notice)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _every(every_steps: int, steps_per_epoch: int) -> int:
+  return every_steps if every_steps > 0 else steps_per_epoch
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(metrics_lib.json_safe(obj), f, indent=2, sort_keys=True, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def _fetch(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+  return [(s, jax.device_get(m)) for s, m in pending]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a run) and returns results.json's dict."""
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # -- data ------------------------------------------------------------------------------------
+  reader = registry.get_reader(config.data)
+  fingerprint = reader.fingerprint()
+  if is_main:
+    _write_json(os.path.join(workdir, "data_fingerprint.json"), fingerprint)
+  logging.info("Data fingerprint: %s", json.dumps(metrics_lib.json_safe(
+      {k: fingerprint[k] for k in ("dataset", "split_sizes", "known_version")})))
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy we may complete
+  config.model = resolve_model_config(config.model, reader)
+  if config.eval.batch_size <= 0:
+    config.eval.batch_size = config.train.batch_size
+  modalities = tuple(config.model.modalities.keys())
+  task = config.model.task
+  select_split, select_metric, select_mode = selection_rule(config, task)
+  for split in {config.data.train_split, select_split}:
+    if split not in reader.splits:
+      raise ValueError(f"split {split!r} (config.data.train_split / config.eval.select_on) is "
+                       f"not in dataset {config.data.name!r}, which has {list(reader.splits)}")
+  if select_split == config.data.test_split:
+    logging.warning("=" * 78 + "\nMODEL SELECTION ON THE TEST SPLIT (config.eval.select_on="
+                    "%r): test numbers are optimistic. Use only to reproduce peers (OGM-GE, MLA, "
+                    "ARL) that select on test.\n" + "=" * 78, select_split)
+
+  parallel.check_batch_size(config.train.batch_size)
+  parallel.check_batch_size(config.eval.batch_size, "eval.batch_size")
+  dp = parallel.DataParallel(config.parallel.mode, tuple(config.parallel.mesh_shape))
+  order = sampling.TrainOrder(reader.num_examples(config.data.train_split),
+                              config.train.batch_size, config.seed, jax.process_index(),
+                              jax.process_count())
+  steps_per_epoch = order.steps_per_epoch
+  total_steps = config.train.num_epochs * steps_per_epoch
+  if config.train.max_steps > 0:
+    total_steps = min(total_steps, config.train.max_steps)
+  config.train.total_steps = total_steps
+  eval_every = _every(config.eval.every_steps, steps_per_epoch)
+  ckpt_every = _every(config.checkpoint.every_steps, steps_per_epoch)
+  log_every = max(1, config.train.log_every_steps)
+  if is_main:
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  # -- model, optimiser, state -----------------------------------------------------------------
+  model = models.build_model(config.model, axis_name=dp.model_axis_name)
+  init_model = models.build_model(config.model)
+  tx = optim.make_optimizer(config.train, steps_per_epoch)
+  schedule = optim.make_schedule(config.train, steps_per_epoch)
+  sample = reader.load_examples(config.data.train_split, np.zeros(1, np.int64), train=False)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+
+  def init_state():
+    variables = init_model.init({"params": init_key, "dropout": init_key}, sample["inputs"],
+                                sample["masks"], train=False)
+    params = variables["params"]
+    return {"params": params, "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  abstract = jax.eval_shape(init_state)
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint.asynchronous)
+  restored = checkpointer.restore("latest", checkpointing.abstract_like(abstract, dp.replicated))
+  if restored is not None:
+    state, meta = restored
+    start_step = int(state["step"])
+    checkpointer.drop_after("best", start_step)
+    logging.info("Resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start_step)
+  else:
+    state = jax.jit(init_state, out_shardings=dp.replicated)()
+    meta = {"best_value": None, "best_step": None}
+    start_step = 0
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    logging.info("Initialised %s with %d parameters", config.model.name, n_params)
+
+  results_path = os.path.join(workdir, "results.json")
+  if start_step >= total_steps and os.path.exists(results_path):
+    logging.info("%s already finished (step %d); not retraining", workdir, start_step)
+    checkpointer.close()
+    with open(results_path) as f:
+      return json.load(f)
+
+  train_fn = dp.compile_train(make_train_step(model, tx, schedule, config))
+  eval_fn = dp.compile_eval(make_eval_step(model))
+  evaluator = Evaluator(dp, eval_fn, reader, config, modalities)
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main,
+                                       tensorboard=config.logging.tensorboard,
+                                       resume_step=start_step if restored else None)
+  progress = metric_writers.Progress(total_steps, steps_per_epoch, start_step)
+  device_state = dp.put_state(state)
+  del state
+  rng = jax.device_put(train_key, dp.replicated) if dp.mode == "jit" else train_key
+
+  def flush(pending, step):
+    """Fetches pending step metrics; stops the run on a non-finite loss."""
+    fetched = _fetch(pending)
+    pending.clear()
+    for s, m in fetched:
+      if not np.isfinite(m["loss/total"]):
+        raise FloatingPointError(
+            f"non-finite loss ({m['loss/total']}) at step {s}; stopping. The last good "
+            f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints/latest; "
+            f"lower train.learning_rate or enable train.grad_clip_norm")
+    if fetched:
+      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+      means["epoch"] = step / steps_per_epoch
+      writer.write(step, "train", means)
+      progress.log(step, means["loss/total"])
+
+  def save_latest(step):
+    checkpointer.save("latest", step, dp.get_state(device_state), meta)
+
+  # -- train -----------------------------------------------------------------------------------
+  batches = pipeline.train_batches(
+      reader, config.data.train_split, global_batch_size=config.train.batch_size,
+      seed=config.seed, start_step=start_step, num_steps=total_steps,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      backend=config.data.backend)
+  pending: list[tuple[int, dict]] = []
+  t_start = time.time()
+  with _Preemption() as preemption:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(batches)
+      device_state, step_metrics = train_fn(device_state, dp.put_batch(batch), rng)
+      pending.append((step, step_metrics))
+      is_eval = step % eval_every == 0 or step == total_steps
+      is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
+      if step % log_every == 0 or is_eval or is_ckpt:
+        flush(pending, step)
+      if is_eval:
+        result = evaluator(device_state, select_split)
+        writer.write(step, select_split, result)
+        logging.info("eval %s at step %d: %s", select_split, step,
+                     {k: round(v, 4) for k, v in result.items()
+                      if isinstance(v, float) and "/" not in k})
+        if is_better(result.get(select_metric), meta["best_value"], select_mode):
+          meta = {"best_value": float(result[select_metric]), "best_step": step}
+          checkpointer.save("best", step, dp.get_state(device_state), meta)
+      if is_ckpt:
+        save_latest(step)
+      if preemption.requested:
+        checkpointer.wait()
+        logging.warning("Checkpointed step %d after SIGTERM; exiting", step)
+        raise SystemExit(143)
+  checkpointer.wait()
+  logging.info("Training took %s", metric_writers.format_seconds(time.time() - t_start))
+
+  # -- final: evaluate the selected checkpoint ---------------------------------------------------
+  if meta["best_step"] is None:
+    raise FloatingPointError(f"no evaluation of {select_split!r} gave a finite "
+                             f"{select_metric!r}; nothing to select")
+  best_state, _ = checkpointer.restore("best", checkpointing.abstract_like(abstract,
+                                                                          dp.replicated))
+  best_device_state = dp.put_state(best_state)
+  results = {
+      "selection": {"split": select_split, "metric": select_metric, "mode": select_mode,
+                    "step": meta["best_step"], "value": meta["best_value"],
+                    "on_test": select_split == config.data.test_split},
+      "final_step": total_steps,
+      "model": config.model.name,
+      "dataset": config.data.name,
+      "seed": config.seed,
+  }
+  for split in (select_split, config.data.test_split):
+    if split in reader.splits:
+      results[split] = evaluator(best_device_state, split)
+      writer.write(meta["best_step"], f"selected_{split}", results[split])
+  if config.data.test_split not in reader.splits:
+    results["test_note"] = f"dataset has no {config.data.test_split!r} split"
+  writer.close()
+  checkpointer.close()
+  if is_main:
+    _write_json(results_path, results)
+  logging.info("Results (checkpoint of step %d, selected on %s %s): %s", meta["best_step"],
+               select_split, select_metric, json.dumps(metrics_lib.json_safe(
+                   results.get(config.data.test_split, {}))))
+  return metrics_lib.json_safe(results)
