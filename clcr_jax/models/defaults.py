@@ -47,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget.participation_init = 0.68  # B_l / T at init; the paper's optimum r ~ 0.68
   c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (§8.4)
   c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (§8.4)
-  c.budget.method = "sort"            # capped-simplex solver: 'sort' | 'bisection'
+  c.budget.method = "bisection"       # capped-simplex solver: "bisection" (fast) | "sort" (exact)
 
   # The paper's Table 3 ablations, as switches of this one model.
   c.ablation = ml_collections.ConfigDict()

@@ -64,7 +64,7 @@ class TokenBudget(nn.Module):
   participation_init: float = 0.68
   kappa_init: float = 1.0
   theta_init: float = 0.0
-  method: str = "sort"
+  method: str = "bisection"
   dense: bool = False
 
   @nn.compact
@@ -134,7 +134,7 @@ class IntraCED(nn.Module):
   participation_init: float = 0.68
   kappa_init: float = 1.0
   theta_init: float = -1.0
-  budget_method: str = "sort"
+  budget_method: str = "bisection"
   dense_budget: bool = False
   private_ffn: bool = False
   attention: str = "einsum"
