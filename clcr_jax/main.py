@@ -5,7 +5,9 @@ with the valid keys named).
 """
 from __future__ import annotations
 
+import logging as std_logging
 import os
+import runpy
 import sys
 
 from absl import app
@@ -29,10 +31,46 @@ def _config_path_on_sys_path(argv) -> None:
         sys.path.insert(0, root)
 
 
+def check_overrides(argv) -> None:
+  """Fails fast, naming the valid keys, when a --config.a.b=v override names no config field.
+
+  (The locked ConfigDict would raise too, but deep in flag parsing with only a guess.)
+  """
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return
+  path, _, arg = spec.partition(":")
+  namespace = runpy.run_path(path)
+  config = namespace["get_config"](arg) if arg else namespace["get_config"]()
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    keys = a[len("--config."):].split("=", 1)[0].split(".")
+    node, where = config, "config"
+    for key in keys:
+      if not hasattr(node, "keys") or key not in node:
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a block)"
+        raise SystemExit(f"error: {a}: {where} has no field {key!r}. "
+                         f"Valid fields of {where}: {valid}")
+      node, where = node[key], f"{where}.{key}"
+
+
+class _OnlyOrbaxWarnings:
+  """Keeps orbax's per-save INFO chatter out of the console; its warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
+  std_logging.getLogger("absl").addFilter(_OnlyOrbaxWarnings())
   import jax  # pylint: disable=import-outside-toplevel
+  # Relaunches (resume after preemption, sweeps) reuse compiled programs from disk.
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "clcr_jax", "xla"))
   if config.parallel.multihost or "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize()
   logging.info("JAX %s on %d devices (%d processes): %s", jax.__version__, jax.device_count(),
@@ -44,6 +82,7 @@ def main(argv):
 def run():
   """Console-script entry point (`clcr-train`)."""
   _config_path_on_sys_path(sys.argv)
+  check_overrides(sys.argv[1:])
   app.run(main)
 
 

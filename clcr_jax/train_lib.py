@@ -145,7 +145,7 @@ def make_train_step(model, tx, schedule, config):
                  "batch_stats": updated.get("batch_stats", state["batch_stats"]),
                  "opt_state": opt_state, "step": state["step"] + 1}
     out = {f"loss/{k}": v for k, v in terms.items()}
-    out["grad_norm"] = optax.global_norm(grads)
+    out["grad_norm"] = optax.tree.norm(grads)
     out["learning_rate"] = schedule(state["step"])
     out.update(diagnostics(aux, batch["valid"], axis, modalities))
     return new_state, out
@@ -389,31 +389,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       backend=config.data.backend)
   pending: list[tuple[int, dict]] = []
   t_start = time.time()
-  with _Preemption() as preemption:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = next(batches)
-      device_state, step_metrics = train_fn(device_state, dp.put_batch(batch), rng)
-      pending.append((step, step_metrics))
-      is_eval = step % eval_every == 0 or step == total_steps
-      is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
-      if step % log_every == 0 or is_eval or is_ckpt:
-        flush(pending, step)
-      if is_eval:
-        result = evaluator(device_state, select_split)
-        writer.write(step, select_split, result)
-        logging.info("eval %s at step %d: %s", select_split, step,
-                     {k: round(v, 4) for k, v in result.items()
-                      if isinstance(v, float) and "/" not in k})
-        if is_better(result.get(select_metric), meta["best_value"], select_mode):
-          meta = {"best_value": float(result[select_metric]), "best_step": step}
-          checkpointer.save("best", step, dp.get_state(device_state), meta)
-      if is_ckpt:
-        save_latest(step)
-      if preemption.requested:
-        checkpointer.wait()
-        logging.warning("Checkpointed step %d after SIGTERM; exiting", step)
-        raise SystemExit(143)
-  checkpointer.wait()
+  try:
+    with _Preemption() as preemption:
+      for step in range(start_step + 1, total_steps + 1):
+        batch = next(batches)
+        device_state, step_metrics = train_fn(device_state, dp.put_batch(batch), rng)
+        pending.append((step, step_metrics))
+        is_eval = step % eval_every == 0 or step == total_steps
+        is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
+        if step % log_every == 0 or is_eval or is_ckpt:
+          flush(pending, step)
+        if is_eval:
+          result = evaluator(device_state, select_split)
+          writer.write(step, select_split, result)
+          logging.info("eval %s at step %d: %s", select_split, step,
+                       {k: round(v, 4) for k, v in result.items()
+                        if isinstance(v, float) and "/" not in k})
+          if is_better(result.get(select_metric), meta["best_value"], select_mode):
+            meta = {"best_value": float(result[select_metric]), "best_step": step}
+            checkpointer.save("best", step, dp.get_state(device_state), meta)
+        if is_ckpt:
+          save_latest(step)
+        if preemption.requested:
+          checkpointer.wait()
+          logging.warning("Checkpointed step %d after SIGTERM; exiting", step)
+          raise SystemExit(143)
+  finally:
+    # However the loop ends (done, NaN, SIGTERM, Ctrl-C), checkpoints in flight are completed.
+    checkpointer.wait()
   logging.info("Training took %s", metric_writers.format_seconds(time.time() - t_start))
 
   # -- final: evaluate the selected checkpoint ---------------------------------------------------

@@ -1,0 +1,40 @@
+"""clcr_jax: CLCR (Cross-Level Co-Representation, CVPR 2026) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Ranges that hold on this project's CPU machines (Python 3.11, JAX 0.10) and the GPU images
+# (Python 3.12, JAX 0.11).
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.4,<0.13",
+    "ml-collections>=1.1.0,<2",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "einops>=0.8",
+    "absl-py>=2.0",
+]
+
+EXTRAS = {
+    # tf.data pipelines, TFDS, and the file formats of the audio-visual benchmarks.
+    "tf": ["tensorflow-cpu>=2.21,<2.22", "tensorflow-datasets>=4.9.10,<5", "h5py>=3.10",
+           "pillow>=10"],
+    "notebook": ["jupyter", "matplotlib>=3.8", "ipykernel"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "matplotlib>=3.8",
+             "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "h5py>=3.10", "pillow>=10",
+             "tensorboard>=2.16"],
+}
+
+setup(
+    name="clcr_jax",
+    version="0.1.0",
+    description="CLCR (Cross-Level Co-Representation) for multimodal learning in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["clcr_jax*", "data_pipelines*", "experiments*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["clcr-train=clcr_jax.main:run"]},
+    license="Apache-2.0",
+)
