@@ -34,6 +34,10 @@ class Checkpointer:
     manager = self._managers[which]
     if step in manager.all_steps():
       return  # the same step of a deterministic run: already on disk
+    if jax.process_count() == 1:
+      # A replicated state is one copy per device; handing orbax the host copy avoids its
+      # per-replica slicing (seconds per save on 8 devices) and gives the same bytes.
+      state = jax.device_get(state)
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)))
 

@@ -47,8 +47,8 @@ class BatchAxis:
   def sum(self, x):
     return jax.lax.psum(x, self.name) if self.name else x
 
-  def gather(self, x):
-    return jax.lax.all_gather(x, self.name, tiled=True) if self.name else x
+  def gather(self, x, axis: int = 0):
+    return jax.lax.all_gather(x, self.name, axis=axis, tiled=True) if self.name else x
 
   def share(self, x):
     """This device's share of a value every device computes identically."""
@@ -81,43 +81,65 @@ def task_loss(prediction, label, valid, task: str, regression: str = "l1",
   return jnp.sum(per_row * w) / jnp.maximum(axis.sum(jnp.sum(w)), 1.0)
 
 
+def _standardise(z, w, n, eps):
+  """Columns of z [..., N, d] to zero mean, unit variance over the rows weighted by w [N, 1]."""
+  z = z.astype(jnp.float32)
+  mean = jnp.sum(z * w, -2, keepdims=True) / n
+  var = jnp.sum(((z - mean) * w)**2, -2, keepdims=True) / n
+  return (z - mean) * jax.lax.rsqrt(var + eps) * w
+
+
 def cross_correlation(x, y, valid, eps: float = 1e-5):
   """R(X, Y) = ||C||_F^2 / d for X, Y [N, d] over the rows where valid [N] is True."""
   w = valid.astype(jnp.float32)[:, None]
   n = jnp.maximum(jnp.sum(w), 1.0)
-
-  def standardise(z):
-    z = z.astype(jnp.float32)
-    mean = jnp.sum(z * w, 0) / n
-    var = jnp.sum(((z - mean) * w)**2, 0) / n
-    return (z - mean) * jax.lax.rsqrt(var + eps) * w
-
-  c = standardise(x).T @ standardise(y) / n
+  c = _standardise(x, w, n, eps).T @ _standardise(y, w, n, eps) / n
   return jnp.sum(c**2) / x.shape[-1]
+
+
+def regulariser_pairs(num_levels: int, num_modalities: int):
+  """Static index pairs into the stacked summaries Z = [shared; private] of shape
+  [2, L, M, N, d] (flattened to [2 L M, N, d]) for each term of spec §8.7."""
+  idx = lambda kind, l, m: (kind * num_levels + l) * num_modalities + m
+  levels, mods = range(num_levels), range(num_modalities)
+  shared, private = 0, 1
+  return {
+      "intra": [(idx(private, l, a), idx(private, l, b)) for l in levels
+                for a, b in itertools.combinations(mods, 2)] +
+               [(idx(private, l, m), idx(shared, l, m)) for l in levels for m in mods],
+      "pr": [(idx(private, l, m), idx(private, k, m)) for m in mods
+             for l, k in itertools.combinations(levels, 2)],
+      "sp": [(idx(shared, l, m), idx(private, k, m)) for m in mods
+             for l in levels for k in levels if l != k],
+  }
 
 
 def regularisers(aux: Mapping[str, Any], valid, mix_pairs=((0, 2),), eps: float = 1e-5,
                  axis: BatchAxis = BatchAxis()) -> dict[str, jax.Array]:
-  """L_intra, L_pr, L_sp, L_mix from CLCR's aux (zeros where a stream or level is absent)."""
+  """L_intra, L_pr, L_sp, L_mix from CLCR's aux (zeros where a stream or level is absent).
+
+  All R terms are computed in one batched contraction over the stacked summaries: one
+  standardisation per summary, not per pair, and a small graph to compile.
+  """
   zero = jnp.zeros((), jnp.float32)
   shared, private = aux.get("shared"), aux.get("private")
   terms = {"intra": zero, "pr": zero, "sp": zero, "mix": zero}
   if shared is None:  # baselines carry no summaries
     return terms
-  valid_all = axis.gather(valid)
-  r = lambda a, b: cross_correlation(axis.gather(a), axis.gather(b), valid_all, eps)
-  levels = range(len(shared))
-  mods = sorted(shared[0])
   if private is not None:
-    terms["intra"] = sum((sum((r(private[l][a], private[l][b])
-                               for a, b in itertools.combinations(mods, 2)), zero) +
-                          sum((r(private[l][m], shared[l][m]) for m in mods), zero))
-                         for l in levels)
-    terms["pr"] = sum((r(private[l][m], private[k][m]) for m in mods
-                       for l, k in itertools.combinations(levels, 2)), zero)
-    terms["sp"] = sum((r(shared[l][m], private[k][m]) for m in mods
-                       for l in levels for k in levels if l != k), zero)
-    terms = {k: axis.share(v) for k, v in terms.items()}
+    mods = sorted(shared[0])
+    stack = lambda per_level: jnp.stack([jnp.stack([x[m] for m in mods]) for x in per_level])
+    z = jnp.stack([stack(shared), stack(private)])             # [2, L, M, N, d]
+    z = axis.gather(z, axis=3)                                 # the global batch
+    w = axis.gather(valid).astype(jnp.float32)[:, None]
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    z = _standardise(z, w, n, eps).reshape((-1,) + z.shape[-2:])  # [2 L M, N, d]
+    for name, pairs in regulariser_pairs(len(shared), len(mods)).items():
+      if not pairs:
+        continue
+      a, b = (jnp.asarray(i) for i in zip(*pairs))
+      c = jnp.einsum("knd,kne->kde", z[a], z[b]) / n
+      terms[name] = axis.share(jnp.sum(c**2) / z.shape[-1])
   omega = aux.get("omega")
   pairs = [(a, c) for a, c in mix_pairs if max(a, c) < len(shared)]
   if omega is not None and pairs:

@@ -68,10 +68,25 @@ class DataParallel:
   # -- placement ---------------------------------------------------------------------------
   def put_state(self, state):
     if self.mode == "jit":
-      return jax.device_put(state, self.replicated)
+      return jax.tree.map(self._replicate, state)
     n = jax.local_device_count()
     stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
     return jax.pmap(lambda x: x)(stacked)
+
+  def _replicate(self, x):
+    """A global replicated array from a host value or an array of any placement; works with
+    several processes, where `device_put` onto non-addressable devices does not."""
+    if isinstance(x, jax.Array) and x.sharding == self.replicated:
+      return x
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
+
+  def put_key(self, key):
+    """The training RNG key where the compiled step expects it."""
+    if self.mode == "pmap":
+      return key
+    data = self._replicate(jax.random.key_data(key))
+    return jax.jit(jax.random.wrap_key_data, out_shardings=self.replicated)(data)
 
   def get_state(self, device_state):
     """The state as one replicated copy (what checkpoints hold)."""

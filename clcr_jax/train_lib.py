@@ -360,16 +360,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = metric_writers.Progress(total_steps, steps_per_epoch, start_step)
   device_state = dp.put_state(state)
   del state
-  rng = jax.device_put(train_key, dp.replicated) if dp.mode == "jit" else train_key
+  rng = dp.put_key(train_key)
 
   def flush(pending, step):
     """Fetches pending step metrics; stops the run on a non-finite loss."""
     fetched = _fetch(pending)
     pending.clear()
     for s, m in fetched:
-      if not np.isfinite(m["loss/total"]):
+      # The loss is computed before the update; a finite loss with a non-finite gradient
+      # still leaves non-finite parameters behind, so both are checked.
+      if not (np.isfinite(m["loss/total"]) and np.isfinite(m["grad_norm"])):
         raise FloatingPointError(
-            f"non-finite loss ({m['loss/total']}) at step {s}; stopping. The last good "
+            f"non-finite loss ({m['loss/total']}) or gradient norm ({m['grad_norm']}) at step "
+            f"{s}; stopping. The last good "
             f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints/latest; "
             f"lower train.learning_rate or enable train.grad_clip_norm")
     if fetched:
@@ -408,7 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if is_better(result.get(select_metric), meta["best_value"], select_mode):
             meta = {"best_value": float(result[select_metric]), "best_step": step}
             checkpointer.save("best", step, dp.get_state(device_state), meta)
-        if is_ckpt:
+        if is_ckpt or preemption.requested:  # the signal may have come during this step
           save_latest(step)
         if preemption.requested:
           checkpointer.wait()

@@ -153,13 +153,42 @@ def make_batch(layout: Layout, batch_size: int, seed: int = 0, pad: bool = True)
 
 
 def init_with_output_fn(model):
-  """jit of (key, inputs, masks) -> ((prediction, aux), variables), evaluation mode.
-
-  One program initialises and runs the model, so a layout costs a single compilation.
-  """
+  """jit of (key, inputs, masks) -> ((prediction, aux), variables), evaluation mode."""
   def run(key, inputs, masks):
     return model.init_with_output({"params": key, "dropout": key}, inputs, masks, train=False)
   return jax.jit(run)
+
+
+def random_variables(model, *args, seed: int = 0, **kwargs):
+  """Random variables with the model's structure, drawn here in numpy (no compilation).
+
+  On XLA:CPU an `init` program costs as much to compile as the forward pass itself (one random
+  initialiser per parameter), so the contract tests run on these instead; every property they
+  check must hold for any parameter values, not just at the initialisation. Matrices get
+  N(0, 1/fan_in) (fan_in = product of all but the last axis), LayerNorm scales 1 + N(0, 0.1^2),
+  other vectors and scalars N(0, 0.5^2), BatchNorm running means N(0, 0.1^2) and running
+  variances U(0.5, 2).
+  """
+  abstract = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, *args, train=False, **kwargs))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    shape = leaf.shape
+    if name == "var":
+      x = rng.uniform(0.5, 2.0, shape)
+    elif name == "mean":
+      x = 0.1 * rng.normal(size=shape)
+    elif name == "scale":
+      x = 1.0 + 0.1 * rng.normal(size=shape)
+    elif len(shape) >= 2:
+      x = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
+    else:
+      x = 0.5 * rng.normal(size=shape)
+    return np.asarray(x, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def tree_allclose(a, b, atol: float = 0.0, rtol: float = 0.0) -> bool:

@@ -203,7 +203,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(**{"train.learning_rate": 1e30, "train.optimizer": "sgd",
                           "train.schedule": "constant", "checkpoint.every_steps": 1,
                           "train.log_every_steps": 1})
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+") as err:
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+;") as err:
     clcr_jax.train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(err.value).split("at step ")[1].split(";")[0])
   step, params = latest_params(str(tmp_path))
@@ -218,7 +218,7 @@ def _run_steps(mode: str, num_steps: int, traces: list):
   # SGD, not Adam: Adam's update divides by sqrt(v) and turns float-rounding differences in
   # near-zero gradients into full-size steps, which would hide what this test compares.
   config = tiny_config(**{"model.dropout": 0.0, "train.batch_size": 16, "train.optimizer": "sgd",
-                          "train.learning_rate": 0.05, "train.schedule": "constant",
+                          "train.learning_rate": 1e-3, "train.schedule": "constant",
                           "train.warmup_steps": 0})
   reader = registry.get_reader(config.data)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -254,32 +254,55 @@ def test_jit_and_pmap_give_the_same_losses_on_8_devices():
   jit_metrics, jit_params = _run_steps("jit", 5, traces)
   pmap_metrics, pmap_params = _run_steps("pmap", 5, traces)
   assert traces.count("jit") == 1, "the jitted step retraced"
-  for a, b in zip(jit_metrics, pmap_metrics):
+  # Step 1 sees identical parameters: the two reductions differ only in summation order.
+  for key in ("loss/total", "loss/task", "loss/intra", "loss/inter", "grad_norm"):
+    assert jit_metrics[0][key] == pytest.approx(pmap_metrics[0][key], rel=2e-6), key
+  # Later steps start from parameters that differ by float rounding (~1e-7), which the batch
+  # whitening of the regularisers amplifies: hence the looser tolerance and the small lr.
+  for a, b in zip(jit_metrics[1:], pmap_metrics[1:]):
     for key in ("loss/total", "loss/task", "loss/intra", "loss/inter", "grad_norm"):
-      assert a[key] == pytest.approx(b[key], rel=2e-5, abs=1e-6), key
-  assert jit_metrics[0]["loss/total"] != pytest.approx(jit_metrics[-1]["loss/total"], rel=1e-4)
+      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+  assert jit_metrics[0]["loss/total"] != pytest.approx(jit_metrics[-1]["loss/total"], rel=1e-3)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-6), jit_params,
                pmap_params)
 
 
 def test_synthetic_trains_without_tensorflow(tmp_path):
+  # sys.modules[name] = None is what an absent package looks like to both `import` (which
+  # raises ModuleNotFoundError) and importlib.util.find_spec (which returns None).
   script = f"""
 import sys
-class Block:
-  def find_spec(self, name, path=None, target=None):
-    if name == 'tensorflow' or name.startswith('tensorflow.') or name.startswith('tensorflow_'):
-      raise ImportError('tensorflow is blocked in this test')
-sys.meta_path.insert(0, Block())
+for name in ('tensorflow', 'tensorflow_datasets'):
+  sys.modules[name] = None
 sys.path.insert(0, {REPO!r})
 import clcr_jax
 from experiments.configs import synthetic
 config = synthetic.get_config('tiny')
 config.train.num_epochs = 1
 results = clcr_jax.train_and_evaluate(config, {str(tmp_path)!r})
-assert 'tensorflow' not in sys.modules
+assert sys.modules['tensorflow'] is None, 'tensorflow was imported'
 print('ACC', results['test']['accuracy'])
 """
   out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                        timeout=900)
   assert out.returncode == 0, out.stdout + out.stderr
   assert "ACC" in out.stdout
+
+
+def test_quickstart_notebook_runs(tmp_path):
+  import nbclient
+  import nbformat
+  path = os.path.join(REPO, "experiments", "notebooks", "quickstart.ipynb")
+  nb = nbformat.read(path, as_version=4)
+  os.environ["CLCR_QUICKSTART_TINY"] = "1"
+  os.environ["CLCR_QUICKSTART_WORKDIR"] = str(tmp_path / "run")
+  try:
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+  finally:
+    del os.environ["CLCR_QUICKSTART_TINY"], os.environ["CLCR_QUICKSTART_WORKDIR"]
+  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+  assert "test accuracy" in outputs and "logged steps" in outputs
+  with open(tmp_path / "run" / "results.json") as f:
+    assert json.load(f)["final_step"] == 8

@@ -26,7 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clcr_jax.models import heads
 from clcr_jax.models import hierarchy_encoder
@@ -60,9 +62,23 @@ def stack_levels(h_levels, mask_levels):
   return h, masks, lengths
 
 
+def segment_assignment(h, cfg, num_segments: int):
+  """{m: float32[L, T_m, S]}: which segment each token of the stacked levels pools into.
+
+  Token t of a level of T_l tokens covers time t / T_l, so it belongs to segment
+  floor(t S / T_l), whether the level stands alone, is padded to the longest level
+  (stack_levels) or concatenated with the other levels (full_mix): the segment ids go through
+  the same select_levels / stack_levels as the tokens. Padding rows are all zero.
+  """
+  ids = {m: [np.arange(x.shape[1])[None] * num_segments // x.shape[1] for x in h[m]] for m in h}
+  real = {m: [np.ones((1, x.shape[1]), bool) for x in h[m]] for m in h}
+  ids, real, _ = stack_levels(*select_levels(ids, real, cfg))
+  return {m: jax.nn.one_hot(ids[m][:, 0], num_segments) * real[m][:, 0, :, None] for m in ids}
+
+
 def _vmap_levels(module_cls):
   return nn.vmap(module_cls, variable_axes={"params": 0},
-                 split_rngs={"params": True, "dropout": True}, in_axes=(0, 0), out_axes=0)
+                 split_rngs={"params": True, "dropout": True}, in_axes=0, out_axes=0)
 
 
 class CLCR(nn.Module):
@@ -93,11 +109,12 @@ class CLCR(nn.Module):
         cfg.budget.method, cfg.ablation.dense_budget, cfg.private_ffn, cfg.attention, train,
         dtype, param_dtype, name="intra_ced")(h_stack, mask_stack)
     summaries = _vmap_levels(inter_cad.Summaries)
+    assign = segment_assignment(h, cfg, num_segments) if num_segments else None
     s, s_seg = summaries(cfg.d, num_segments, dtype, param_dtype,
-                         name="shared_summary")(out["shared"], mask_stack)
+                         name="shared_summary")(out["shared"], mask_stack, assign)
     if split:
       p, p_seg = summaries(cfg.d, num_segments, dtype, param_dtype,
-                           name="private_summary")(out["private"], mask_stack)
+                           name="private_summary")(out["private"], mask_stack, assign)
 
     per_level = lambda tree, crop: [
         {m: (tree[m][l, :, :lengths[m][l]] if crop else tree[m][l]) for m in mods}

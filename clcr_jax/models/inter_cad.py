@@ -28,7 +28,8 @@ Dtype = Any
 class Summaries(nn.Module):
   """Pooled, projected, normalised summaries of one stream at one level.
 
-  Call: streams {m: [B, T, w]}, masks {m: [B, T]} -> {m: [B, d]} (and {m: [B, S, d]} per segment
+  Call: streams {m: [B, T, w]}, masks {m: [B, T]}, optional segment assignments
+  {m: [T, S]} (layers.masked_segment_mean) -> {m: [B, d]} (and {m: [B, S, d]} per segment
   when num_segments > 0, else None).
   """
   d: int
@@ -37,7 +38,7 @@ class Summaries(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, streams, masks):
+  def __call__(self, streams, masks, segment_assign=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pooled, per_segment = {}, {}
     for m, x in streams.items():
@@ -45,7 +46,9 @@ class Summaries(nn.Module):
       norm = nn.LayerNorm(name=f"norm_{m}", **kw)
       pooled[m] = norm(proj(layers.masked_mean(x, masks[m])))
       if self.num_segments:
-        per_segment[m] = norm(proj(layers.masked_segment_mean(x, masks[m], self.num_segments)))
+        assign = None if segment_assign is None else segment_assign[m]
+        per_segment[m] = norm(proj(layers.masked_segment_mean(x, masks[m], self.num_segments,
+                                                               assign)))
     return pooled, (per_segment if self.num_segments else None)
 
 

@@ -34,6 +34,13 @@ def orthonormal_columns(w: jax.Array) -> jax.Array:
   return q * jnp.where(sign == 0, 1.0, sign)
 
 
+def safe_norm(x: jax.Array) -> jax.Array:
+  """||x|| over the last axis with a zero (not NaN) gradient at x = 0 (padded tokens)."""
+  sq = jnp.sum(jnp.square(x), axis=-1)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 class StiefelBases(nn.Module):
   """Returns U_sh [d, d_sh] and {m: U_pr,m [d, d_pr]} with U_sh^T U_pr,m = 0 and orthonormal columns."""
   d: int
@@ -60,6 +67,8 @@ class TokenBudget(nn.Module):
   Parameters: k (kappa = softplus(k)), theta, b (participation ratio r = sigmoid(b)).
   Call: shared {m: [B, T, d_sh]}, masks {m: bool[B, T]} ->
     alpha {m: float32[B, T]}, budget {m: float32[B]}, ratio float32[].
+  `dense=True` (the "dense budget" ablation) has no parameters: every valid token exchanges
+  (alpha = mask), so the budget is the valid-token count and the ratio 1.
   """
   participation_init: float = 0.68
   kappa_init: float = 1.0
@@ -69,6 +78,9 @@ class TokenBudget(nn.Module):
 
   @nn.compact
   def __call__(self, shared, masks):
+    if self.dense:
+      alpha = {m: masks[m].astype(jnp.float32) for m in shared}
+      return alpha, {m: a.sum(-1) for m, a in alpha.items()}, jnp.ones((), jnp.float32)
     r0 = float(np.clip(self.participation_init, 1e-4, 1 - 1e-4))
     b = self.param("b", nn.initializers.constant(np.log(r0 / (1 - r0))), ())
     k = self.param("k", nn.initializers.constant(np.log(np.expm1(self.kappa_init))), ())
@@ -79,10 +91,7 @@ class TokenBudget(nn.Module):
       mask = masks[m]
       n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
       budget[m] = ratio * n_valid
-      if self.dense:
-        alpha[m] = mask.astype(jnp.float32)
-        continue
-      e = jnp.linalg.norm(h.astype(jnp.float32), axis=-1)
+      e = safe_norm(h.astype(jnp.float32))
       scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
       alpha[m] = token_budget.capped_simplex_projection(scores, budget[m], mask, method=self.method)
     return alpha, budget, ratio

@@ -32,10 +32,16 @@ def segment_pooling_matrix(num_tokens: int, num_segments: int) -> np.ndarray:
   return np.eye(num_segments, dtype=np.float32)[seg]
 
 
-def masked_segment_mean(x: jax.Array, mask: jax.Array, num_segments: int) -> jax.Array:
-  """Per-segment masked mean: x [B, T, d], mask [B, T] -> [B, S, d] (0 for empty segments)."""
-  assign = jnp.asarray(segment_pooling_matrix(x.shape[-2], num_segments))
-  w = mask.astype(jnp.float32)[..., None] * assign  # [B, T, S]
+def masked_segment_mean(x: jax.Array, mask: jax.Array, num_segments: int,
+                        assign: jax.Array | None = None) -> jax.Array:
+  """Per-segment masked mean: x [B, T, d], mask [B, T] -> [B, S, d] (0 for empty segments).
+
+  `assign` [T, S] maps tokens to segments; None: `segment_pooling_matrix(T, S)`, right when the
+  T tokens are one time-major sequence.
+  """
+  if assign is None:
+    assign = segment_pooling_matrix(x.shape[-2], num_segments)
+  w = mask.astype(jnp.float32)[..., None] * jnp.asarray(assign, jnp.float32)  # [B, T, S]
   total = jnp.einsum("bts,btd->bsd", w, x.astype(jnp.float32))
   count = jnp.maximum(jnp.sum(w, axis=1), 1.0)[..., None]
   return (total / count).astype(x.dtype)
@@ -130,9 +136,13 @@ class PositionalEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, num_tokens: int, width: int):
-    size = self.max_len or num_tokens
-    table = self.param("embedding", nn.initializers.normal(self.init_std), (size, width),
-                       self.param_dtype)
+    if not self.max_len and self.has_variable("params", "embedding"):
+      # Sized at init: a shorter sequence later uses the table's first rows (declaring the
+      # parameter with the new length would fail Flax's shape check instead).
+      table = self.get_variable("params", "embedding")
+    else:
+      table = self.param("embedding", nn.initializers.normal(self.init_std),
+                         (self.max_len or num_tokens, width), self.param_dtype)
     if num_tokens > table.shape[0]:
       raise ValueError(f"{self.where}: {num_tokens} tokens but the positional table holds "
                        f"{table.shape[0]} (the length seen at init); set "
