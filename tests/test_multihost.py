@@ -1,0 +1,178 @@
+"""Multi-host data parallelism, for real: two processes on this machine joined by
+jax.distributed.initialize (local coordinator, gloo CPU collectives), 4 CPU devices each.
+
+Each process reads its own slice of the data (data_pipelines.sampling: a contiguous slice and a
+per-process permutation, like tfds.split_for_jax_process), so a two-process run does not see the
+batches a one-process run sees. The reference is therefore one process with 8 devices that runs
+the same train step on the same *global* batches (both processes' local batches, concatenated in
+process order). The two-process run must match it step by step.
+
+Workers: tests/multihost_worker.py. Both tests share one two-process run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import multihost_worker
+from session_once import run_once
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 8  # the tiny config: 64 rows / batch 16 x 2 epochs
+TIMEOUT_S = 480
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _child_env() -> dict[str, str]:
+  env = os.environ.copy()
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
+  env["JAX_PLATFORMS"] = "cpu"
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(var, None)
+  return env
+
+
+def _two_processes(directory):
+  out, workdir = directory / "out", directory / "run"
+  out.mkdir()
+  coordinator = f"127.0.0.1:{_free_port()}"
+  logs = [open(directory / f"worker_{i}.log", "w") for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), coordinator, "2",
+       str(i), str(out), str(workdir)], cwd=REPO, env=_child_env(), stdout=logs[i],
+      stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    for p in procs:
+      p.wait(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for log in logs:
+      log.close()
+  (directory / "returncodes.json").write_text(json.dumps([p.returncode for p in procs]))
+
+
+def _reference(directory):
+  """One process, 8 devices, the global batches of the two-process run: the loss of every step
+  and the test metrics after the last one."""
+  from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
+  assert jax.device_count() == 8 and jax.process_count() == 1
+  config, reader, dp, model, state, rng, train_fn = multihost_worker.build(
+      multihost_worker.tiny_config())
+  per_process = [multihost_worker.local_batches(reader, config, NUM_STEPS, p, 2)
+                 for p in range(2)]
+  losses = []
+  for parts in zip(*per_process):
+    batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    state, metrics = train_fn(state, dp.put_batch(batch), rng)
+    losses.append(float(metrics["loss/total"]))
+  eval_fn = dp.compile_eval(train_lib.make_eval_step(model))
+  chunks = [eval_fn(state, dp.put_batch(b)) for b in pipeline.eval_batches(
+      reader, "test", global_batch_size=config.train.batch_size, backend="numpy")]
+  outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  test = train_lib.summarise_eval(outputs, config, tuple(config.model.modalities.keys()))
+  (directory / "reference.json").write_text(json.dumps({"loss/total": losses, "test": test}))
+
+
+def _build(directory):
+  _two_processes(directory)
+  _reference(directory)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, worker_id):
+  return run_once(tmp_path_factory, worker_id, "multihost_run", _build)
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir):
+  return json.loads((run_dir / "reference.json").read_text())
+
+
+def _worker_logs(directory) -> str:
+  return "\n".join(f"--- worker {i} (last 4000 chars) ---\n"
+                   f"{(directory / f'worker_{i}.log').read_text()[-4000:]}" for i in range(2))
+
+
+def _read(directory, name):
+  path = directory / "out" / name
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_two_processes_see_one_global_mesh_and_the_same_step_losses(run_dir, reference):
+  d = run_dir
+  topologies = [_read(d, f"topology_{i}.json") for i in range(2)]
+  assert None not in topologies, _worker_logs(d)
+  assert [t["process_index"] for t in topologies] == [0, 1]
+  for t in topologies:
+    assert (t["process_count"], t["device_count"], t["local_device_count"]) == (2, 8, 4)
+  steps = [_read(d, f"steps_{i}.json") for i in range(2)]
+  assert None not in steps, _worker_logs(d)
+  # Both processes hold the same replicated loss, and it is the 8-device loss of the same
+  # global batch: the gradient all-reduce and the batch assembly across hosts are right.
+  assert steps[0] == steps[1]
+  np.testing.assert_allclose(steps[0]["loss/total"],
+                             reference["loss/total"][:multihost_worker.STEP_CHECK_STEPS],
+                             rtol=2e-5)
+  # The evaluation outputs are gathered from both processes: every process holds the global
+  # batch of 16 rows (each host's 8, in process order), the same on both.
+  valid_labels = [int(v) for v in multihost_worker.valid_labels()]
+  assert steps[0]["eval_rows"] == 16
+  assert steps[0]["eval_labels"] == valid_labels[:8] + valid_labels[16:24]
+  # Not a vacuous match: the loss changes from step to step.
+  assert len(set(np.round(steps[0]["loss/total"], 4))) == multihost_worker.STEP_CHECK_STEPS
+
+
+def test_train_and_evaluate_on_two_processes_matches_one_process(run_dir, reference):
+  d = run_dir
+  errors = [(d / "out" / f"error_{i}.txt") for i in range(2)]
+  for e in errors:
+    assert not e.exists(), (
+        f"train_and_evaluate failed on two processes:\n{e.read_text()}\n"
+        "If this is 'device_put's second argument must be a Device or a Sharding which represents"
+        " addressable devices', train_lib.py puts the PRNG key with jax.device_put on a sharding"
+        " that spans both processes; build it with jax.jit(lambda: train_key, out_shardings="
+        "dp.replicated)() instead.")
+  results = [_read(d, f"results_{i}.json") for i in range(2)]
+  assert None not in results, _worker_logs(d)
+  assert json.loads((d / "returncodes.json").read_text()) == [0, 0]
+  # Every process returns the same results; process 0 wrote them.
+  assert results[0] == results[1]
+  with open(d / "run" / "results.json") as f:
+    assert json.load(f) == results[0]
+  assert results[0]["final_step"] == NUM_STEPS
+  # The logged train loss of every step is the one-process loss on the same global batches.
+  with open(d / "run" / "metrics.jsonl") as f:
+    train = [json.loads(line) for line in f if '"split": "train"' in line]
+  assert [r["step"] for r in train] == list(range(1, NUM_STEPS + 1))
+  np.testing.assert_allclose([r["loss/total"] for r in train], reference["loss/total"],
+                             rtol=2e-5)
+  # And the model it trained is the one-process model: the test metrics of the selected
+  # checkpoint (the only evaluation, at the last step) are the one-process model's. (Parameters
+  # themselves are not compared: with Adam, those whose gradient is zero in exact arithmetic --
+  # the key biases of softmax attention, the level-logit bias, the directions of the private
+  # bases that QR ignores -- move with rounding noise, which differs between reduction orders.)
+  assert results[0]["selection"]["step"] == NUM_STEPS
+  expected = reference["test"]
+  assert results[0]["test"].keys() == expected.keys()
+  for key, value in expected.items():
+    assert results[0]["test"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
