@@ -33,7 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
   c.max_len = 0                   # positional table length; 0 -> length seen at init
   c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)
-  c.attention = "einsum"          # 'einsum' | 'xla' | 'cudnn' (jax.nn.dot_product_attention)
+  c.attention = "auto"            # 'auto' | 'blockwise' | 'einsum' | 'xla' | 'cudnn' (layers.py)
 
   c.tcn = ml_collections.ConfigDict()
   c.tcn.width = 0                 # 0 -> d

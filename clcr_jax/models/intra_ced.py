@@ -106,7 +106,7 @@ class SharedExchange(nn.Module):
   num_heads: int
   dropout: float = 0.1
   ffn_mult: int = 2
-  attention: str = "einsum"
+  attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -146,7 +146,7 @@ class IntraCED(nn.Module):
   budget_method: str = "bisection"
   dense_budget: bool = False
   private_ffn: bool = False
-  attention: str = "einsum"
+  attention: str = "auto"
   train: bool = False  # an attribute, not a call argument, so that nn.vmap over levels works
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

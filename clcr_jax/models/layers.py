@@ -5,12 +5,17 @@ Softmaxes run in float32 whatever the activation dtype.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from clcr_jax.models import blockwise_attention
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "blockwise", "einsum", "xla", "cudnn", "cudnn_or_xla")
 
 Dtype = Any
 
@@ -57,30 +62,46 @@ def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
-                          implementation: str = "einsum") -> jax.Array:
+                          implementation: str = "auto") -> jax.Array:
   """Multi-head attention core.
 
   Args:
     q: [B, Tq, h, dh]; k, v: [B, Tk, h, dh]; key_mask: bool [B, Tk].
-    implementation: 'einsum' (explicit float32 softmax) or 'xla' / 'cudnn'
-      (`jax.nn.dot_product_attention`, faster on GPU).
+    implementation: 'auto' ('blockwise' on CPU; elsewhere cuDNN's fused kernel where it
+      applies, else XLA's); 'blockwise' (batch blocks with a
+      recomputing backward, blockwise_attention.py: the fastest on XLA:CPU); 'einsum'
+      (explicit float32 softmax); 'xla' / 'cudnn' (`jax.nn.dot_product_attention`).
   Returns:
     [B, Tq, h, dh]. A query whose keys are all masked gets exactly zero (not a uniform average),
     so an absent modality contributes nothing.
   """
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"model.attention must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                     f"found {implementation!r}")
+  if implementation == "auto":
+    implementation = "blockwise" if jax.default_backend() == "cpu" else "cudnn_or_xla"
   has_key = jnp.any(key_mask, axis=-1)[:, None, None, None]
   if implementation == "einsum":
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
     logits = jnp.where(key_mask[:, None, None, :], logits, -1e30)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-  elif implementation in ("xla", "cudnn"):
+  elif implementation == "blockwise":
+    out = blockwise_attention.blockwise_attention(q, k, v, key_mask)
+  else:
     mask = jnp.broadcast_to(key_mask[:, None, None, :],
                             (q.shape[0], 1, q.shape[1], k.shape[1]))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-  else:
-    raise ValueError(f"attention implementation must be 'einsum', 'xla' or 'cudnn', "
-                     f"found {implementation!r}")
+    attend = functools.partial(jax.nn.dot_product_attention, q, k, v, mask=mask)
+    if implementation == "cudnn_or_xla":
+      # jax.nn's own default (None) is XLA; cuDNN's fused kernel is several times faster where
+      # it applies (half precision, head dim a multiple of 8, a recent cuDNN) and says so at
+      # trace time when it does not.
+      try:
+        out = attend(implementation="cudnn")
+      except (NotImplementedError, ValueError, RuntimeError, TypeError):
+        out = attend(implementation="xla")
+    else:
+      out = attend(implementation=implementation)
   return jnp.where(has_key, out, 0).astype(v.dtype)
 
 
@@ -88,7 +109,7 @@ class MultiHeadAttention(nn.Module):
   """Cross-attention: queries [B, Tq, d_in] attend to keys/values [B, Tk, d_kv] -> [B, Tq, d]."""
   num_heads: int
   features: int
-  implementation: str = "einsum"
+  implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
