@@ -1,0 +1,142 @@
+"""The benchmark configurations: model/loss/train configs and synthetic device-resident batches.
+
+* mosi: CMU-MOSI unaligned shape (text 50 x 768, audio 375 x 5, vision 500 x 20), d = 128,
+  4 heads, TCN backbones, regression, batch 64 (spec §8.1-8.2; experiments/configs/mosi.py).
+* cremad: CREMA-D shape (audio spectrogram 257 x 188, 3 RGB frames 224 x 224), one ResNet-18
+  per modality, d = 512, 8 heads, 6 classes; batch 64 on GPU, 8 on CPU.
+* synthetic: experiments/configs/synthetic.py's model (d = 64, 4 heads, TCN) on the synthetic
+  generator's three sequence modalities (audio 48 x 16, text 24 x 24, vision 32 x 12), 8 classes.
+Every configuration trains with the paper's optimiser (SGD momentum 0.9, lr 1e-3, wd 1e-4) in
+both frameworks. Only jax, numpy and ml_collections are imported here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from clcr_jax import losses
+from clcr_jax import models
+
+NAMES = ("mosi", "cremad", "synthetic")
+
+
+@dataclasses.dataclass
+class Benchmark:
+  name: str
+  config: ml_collections.ConfigDict  # {model, loss, train}: what train_lib.make_train_step reads
+  batch_size: int
+  shapes: dict[str, tuple[int, ...]]  # per-example input shapes, JAX layout
+  kinds: dict[str, str]
+  description: str
+
+  def torch_shapes(self) -> dict[str, tuple[int, ...]]:
+    """Per-example shapes in PyTorch layout (clips channels-first)."""
+    return {m: to_torch_layout_shape(self.kinds[m], s) for m, s in self.shapes.items()}
+
+
+def to_torch_layout_shape(kind: str, shape):
+  if kind == "video":
+    f, h, w, c = shape
+    return (f, c, h, w)
+  return tuple(shape)
+
+
+def train_config(steps_per_epoch: int) -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.optimizer = "sgd"
+  t.learning_rate = 1e-3
+  t.momentum = 0.9
+  t.weight_decay = 1e-4
+  t.schedule = "step"
+  t.decay_epochs = (70,)
+  t.decay_factor = 0.1
+  t.warmup_steps = 0
+  t.grad_clip_norm = 0.0
+  t.total_steps = 100 * steps_per_epoch
+  t.steps_per_epoch = steps_per_epoch
+  return t
+
+
+def get(name: str, device: str = "cpu", batch_size: int = 0,
+        overrides: dict[str, Any] | None = None) -> Benchmark:
+  """The named benchmark. `overrides`: {'attention': 'xla', 'budget.method': 'sort', ...}
+  applied to the model config (dotted keys)."""
+  model = models.default_config()
+  model.name = "clcr"
+  if name == "mosi":
+    model.task, model.d, model.num_heads = "regression", 128, 4
+    shapes = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
+    kinds = {m: "sequence" for m in shapes}
+    for m in shapes:
+      model.modalities[m] = models.modality("sequence", "tcn")
+    batch = batch_size or 64
+    steps_per_epoch = 1284 // 64
+    desc = "MOSI unaligned: text 50x768, audio 375x5, vision 500x20; d=128, 4 heads, TCN"
+  elif name == "cremad":
+    model.task, model.num_classes, model.d, model.num_heads = "classification", 6, 512, 8
+    model.resnet.base_width = 64
+    shapes = {"audio": (257, 188), "visual": (3, 224, 224, 3)}
+    kinds = {"audio": "spectrogram", "visual": "video"}
+    for m, kind in kinds.items():
+      model.modalities[m] = models.modality(kind, "resnet18")
+    batch = batch_size or (64 if device == "gpu" else 8)
+    steps_per_epoch = 6698 // 64
+    desc = ("CREMA-D: spectrogram 257x188, 3 frames 224x224x3; ResNet-18 per modality, "
+            "d=512, 8 heads, 6 classes")
+  elif name == "synthetic":
+    model.task, model.num_classes, model.d, model.num_heads = "classification", 8, 64, 4
+    shapes = {"audio": (48, 16), "text": (24, 24), "vision": (32, 12)}
+    kinds = {m: "sequence" for m in shapes}
+    for m in shapes:
+      model.modalities[m] = models.modality("sequence", "tcn")
+    batch = batch_size or 64
+    steps_per_epoch = 4096 // 64
+    desc = "synthetic: audio 48x16, text 24x24, vision 32x12; d=64, 4 heads, TCN, 8 classes"
+  else:
+    raise ValueError(f"unknown benchmark {name!r}; expected one of {NAMES}")
+  for key, value in (overrides or {}).items():
+    node = model
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config = ml_collections.ConfigDict({"model": model, "loss": losses.default_config(),
+                                      "train": train_config(steps_per_epoch)})
+  return Benchmark(name, config, batch, shapes, kinds, desc)
+
+
+def token_count(kind: str, shape) -> int:
+  return {"sequence": shape[0], "spectrogram": shape[-1], "video": shape[0]}[kind]
+
+
+def make_batch(bench: Benchmark, seed: int = 0) -> dict[str, Any]:
+  """A host numpy batch in JAX layout (design.md's batch contract). Sequence modalities get
+  random valid lengths (>= 70 %) like real MOSI rows; AV inputs are full."""
+  rng = np.random.default_rng(seed)
+  b = bench.batch_size
+  inputs, masks = {}, {}
+  for m, shape in bench.shapes.items():
+    inputs[m] = rng.standard_normal((b,) + tuple(shape), dtype=np.float32)
+    t = token_count(bench.kinds[m], shape)
+    if bench.kinds[m] == "sequence":
+      lengths = rng.integers(int(0.7 * t), t + 1, b)
+      masks[m] = np.arange(t)[None] < lengths[:, None]
+      inputs[m] *= masks[m][..., None]
+    else:
+      masks[m] = np.ones((b, t), bool)
+  task = bench.config.model.task
+  if task == "regression":
+    label = rng.uniform(-3, 3, b).astype(np.float32)
+  else:
+    label = rng.integers(0, bench.config.model.num_classes, b).astype(np.int32)
+  return {"inputs": inputs, "masks": masks, "label": label, "valid": np.ones(b, bool)}
+
+
+def to_torch_layout(bench: Benchmark, batch):
+  """The same batch with clips channels-first ([B, F, H, W, C] -> [B, F, C, H, W])."""
+  inputs = {m: (np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
+                if bench.kinds[m] == "video" else x) for m, x in batch["inputs"].items()}
+  return dict(batch, inputs=inputs)
