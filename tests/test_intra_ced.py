@@ -285,3 +285,31 @@ def test_bases_stay_orthonormal_under_optimiser_updates(d_private):
 def test_bases_reject_too_wide_subspaces():
   with pytest.raises(ValueError, match="exceeds d"):
     intra_ced.StiefelBases(D, D_SH, D - D_SH + 1, MODS).init(jax.random.key(0))
+
+
+@pytest.mark.parametrize("shape", [(128, 64), (16, 16), (9, 1)])
+def test_orthonormal_columns_is_the_sign_fixed_householder_q(shape):
+  """Against numpy's float64 Householder QR with diag(R) > 0, values and gradients; vmapped."""
+  w = np.asarray(jax.random.normal(jax.random.key(shape[0]), (3,) + shape), np.float64)
+  # Nearly dependent columns make the float32 Gram-Schmidt work for its orthogonality.
+  if shape[1] > 1:
+    w[:, :, 1] = w[:, :, 0] + 1e-2 * w[:, :, 1]
+
+  def householder(w):
+    q, r = np.linalg.qr(w)
+    return q * np.sign(np.diagonal(r))[None, :]
+
+  q = np.asarray(jax.jit(jax.vmap(intra_ced.orthonormal_columns))(w.astype(np.float32)))
+  for i in range(3):
+    np.testing.assert_allclose(q[i], householder(w[i]), atol=2e-5)
+    np.testing.assert_allclose(q[i].T.astype(np.float64) @ q[i], np.eye(shape[1]), atol=2e-6)
+  # d/dw of <c, Q(w)> against central differences of the float64 reference.
+  c = np.random.default_rng(0).normal(size=shape)
+  grad = np.asarray(jax.grad(lambda w: jnp.sum(c * intra_ced.orthonormal_columns(w)))(
+      w[0].astype(np.float32)), np.float64)
+  eps = 1e-6
+  for idx in [(0, 0), (shape[0] - 1, shape[1] - 1), (shape[0] // 2, 0)]:
+    dw = np.zeros(shape)
+    dw[idx] = eps
+    fd = (np.sum(c * householder(w[0] + dw)) - np.sum(c * householder(w[0] - dw))) / (2 * eps)
+    np.testing.assert_allclose(grad[idx], fd, rtol=2e-3, atol=2e-4)

@@ -110,8 +110,9 @@ class StiefelBases(nn.Module):
   def forward(self):
     u_sh = orthonormal_columns(self.w_shared)
     complement = torch.eye(u_sh.shape[0], device=u_sh.device) - u_sh @ u_sh.T
-    return u_sh, {m: orthonormal_columns(complement @ getattr(self, f"w_private_{m}"))
-                  for m in self.mods}
+    # Projected twice, as in clcr_jax (intra_ced.StiefelBases).
+    return u_sh, {m: orthonormal_columns(
+        complement @ (complement @ getattr(self, f"w_private_{m}"))) for m in self.mods}
 
 
 class TokenBudget(nn.Module):

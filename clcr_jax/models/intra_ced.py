@@ -28,10 +28,25 @@ Dtype = Any
 
 
 def orthonormal_columns(w: jax.Array) -> jax.Array:
-  """Q of the QR decomposition of w [d, k] with the column-sign fix diag(R) > 0 (unique, smooth)."""
-  q, r = jnp.linalg.qr(w.astype(jnp.float32))
-  sign = jnp.sign(jnp.diagonal(r))
-  return q * jnp.where(sign == 0, 1.0, sign)
+  """Q of the QR decomposition of w [d, k] with diag(R) > 0 (unique, smooth in w).
+
+  Gram-Schmidt with reorthogonalisation (CGS2) in a scan over the k columns, not LAPACK: the
+  model vmaps this over levels, and XLA:CPU's batched LAPACK QR (jaxlib 0.10) can deadlock on a
+  2-thread pool when two run at once, which hung training on 2-core machines. CGS2 is
+  orthogonal to float32 rounding, and its diag(R) = column norms are positive by construction,
+  so it equals the sign-fixed Householder Q.
+  """
+  w = w.astype(jnp.float32)
+
+  def add_column(q, j):
+    v = w[:, j]
+    for _ in range(2):  # unfilled columns of q are zero and remove nothing
+      v = v - q @ (q.T @ v)
+    q = q.at[:, j].set(v / jnp.sqrt(jnp.sum(v * v)))
+    return q, None
+
+  q, _ = jax.lax.scan(add_column, jnp.zeros_like(w), jnp.arange(w.shape[1]))
+  return q
 
 
 def safe_norm(x: jax.Array) -> jax.Array:
@@ -55,8 +70,11 @@ class StiefelBases(nn.Module):
     init = nn.initializers.orthogonal()
     u_sh = orthonormal_columns(self.param("w_shared", init, (self.d, self.d_shared)))
     complement = jnp.eye(self.d) - u_sh @ u_sh.T
-    u_pr = {m: orthonormal_columns(complement @ self.param(f"w_private_{m}", init,
-                                                           (self.d, self.d_private)))
+    # Projected twice: one float32 projection leaves a component along U_sh of order
+    # eps * ||W_pr||, which QR amplifies where the projected columns are short; after the second
+    # it is of order eps * ||projected W_pr|| ("twice is enough"), so U_sh^T U_pr stays ~1e-7.
+    u_pr = {m: orthonormal_columns(complement @ (complement @ self.param(
+                f"w_private_{m}", init, (self.d, self.d_private))))
             for m in self.modalities}
     return u_sh, u_pr
 
