@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -264,6 +264,43 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+# Config fields a resumed run must share with the run that wrote the workdir: the ones that
+# decide the parameters' shapes, the data order or the objective. Epoch count, evaluation and
+# logging may change (e.g. to train longer).
+_RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.train_split", "train.batch_size",
+                 "train.optimizer")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
+  path = os.path.join(workdir, "config.json")
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  if not (os.path.exists(path) and os.path.isdir(latest) and os.listdir(latest)):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  now = _flatten(json.loads(json.dumps(metrics_lib.json_safe(config.to_dict()))))
+  keys = sorted(k for k in set(saved) | set(now)
+                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
+  diff = [f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"
+          for k in keys if saved.get(k) != now.get(k)]
+  if diff:
+    raise ValueError(
+        f"{workdir} holds checkpoints of a different run ({path}); resuming it with this config "
+        "would mix two runs. Differences:\n  " + "\n  ".join(diff[:20]) +
+        ("\n  ..." if len(diff) > 20 else "") + "\nUse another --workdir, or delete this one.")
+
+
 def _fetch(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
   return [(s, jax.device_get(m)) for s, m in pending]
 
@@ -311,6 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_every = _every(config.eval.every_steps, steps_per_epoch)
   ckpt_every = _every(config.checkpoint.every_steps, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
+  _check_resumable(workdir, config)
   if is_main:
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
 

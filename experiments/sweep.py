@@ -307,6 +307,39 @@ def state(run: Run) -> str:
   return "new"
 
 
+def _same_value(saved: Any, wanted: Any) -> bool:
+  if isinstance(saved, (int, float)) and isinstance(wanted, (int, float)):
+    return math.isclose(float(saved), float(wanted), rel_tol=1e-12, abs_tol=0.0)
+  if isinstance(saved, list) and isinstance(wanted, (list, tuple)):
+    return len(saved) == len(wanted) and all(map(_same_value, saved, wanted))
+  return saved == wanted
+
+
+def conflicts(sweep: Sweep, run: Run) -> list[str]:
+  """Overrides of `run` that its workdir's config.json (an earlier launch) contradicts.
+
+  A workdir made by the same sweep with other sweep-wide overrides (say, another epoch count)
+  has the same name; skipping or resuming it would mix runs in the summary.
+  """
+  try:
+    with open(os.path.join(run.workdir, "config.json")) as f:
+      saved = json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return []
+  out = []
+  for key, wanted in sweep.run_overrides(run).items():
+    node, found = saved, True
+    for part in key.split("."):
+      if isinstance(node, dict) and part in node:
+        node = node[part]
+      else:
+        found = False
+        break
+    if found and not _same_value(node, wanted):
+      out.append(f"{key}={node!r} (asked: {wanted!r})")
+  return out
+
+
 def command(sweep: Sweep, run: Run, python: str = "python", absolute: bool = False) -> list[str]:
   """`python -m clcr_jax.main ...` for one run."""
   config = sweep.config
@@ -711,6 +744,15 @@ def _main(args, extra) -> int:
     return 0
   os.makedirs(args.workdir_root, exist_ok=True)
   all_runs = sweep.runs(args.workdir_root)
+  clashes = {r.name: c for r in all_runs if (c := conflicts(sweep, r))}
+  if clashes:
+    print(f"{len(clashes)} run directories under {args.workdir_root} were made with other "
+          "overrides than this sweep now asks for (their config.json says so); skipping, "
+          "resuming or summarising them would mix two experiments:", file=sys.stderr)
+    for name, c in list(clashes.items())[:10]:
+      print(f"  {name}: {', '.join(c)}", file=sys.stderr)
+    print("Use another --workdir_root, or delete those directories.", file=sys.stderr)
+    return 2
   if not args.summarize:
     validate(sweep)
     write_manifest(sweep, all_runs, args.workdir_root)

@@ -239,6 +239,28 @@ def test_summary_is_mean_and_population_std_over_finished_seeds(tmp_path):
   assert "Unfinished: two (seeds [3])" in md
 
 
+def test_a_workdir_made_with_other_overrides_is_a_conflict_not_a_skip(tmp_path):
+  path = os.path.join(SWEEPS, "ablation.py") + ":dataset=synthetic,epochs=2,seeds=0"
+  sweep = sweep_lib.load_sweep(path)
+  run = sweep.runs(str(tmp_path))[0]
+  _fake_run(run, {"accuracy": 0.5})
+  saved = {"seed": 0, "train": {"num_epochs": 5}, "model": {"d": 32}}
+  with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+  assert sweep_lib.conflicts(sweep, run) == ["train.num_epochs=5 (asked: 2)"]
+  proc = subprocess.run([sys.executable, "-m", "experiments.sweep", path,
+                         f"--workdir_root={tmp_path}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "made with other overrides" in proc.stderr
+  assert f"{run.name}: train.num_epochs=5 (asked: 2)" in proc.stderr
+  assert not os.path.exists(tmp_path / "summary.md")
+  saved["train"]["num_epochs"] = 2  # the same overrides: no conflict
+  with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    json.dump(saved, f)
+  assert sweep_lib.conflicts(sweep, run) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # The tiny sweep, end to end
 # ---------------------------------------------------------------------------------------------

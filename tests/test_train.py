@@ -113,6 +113,18 @@ def test_second_call_resumes_and_does_not_retrain(finished_run):
   jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
+def test_resuming_with_a_different_model_or_seed_is_refused(finished_run):
+  workdir, _ = finished_run
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = f.read()
+  d = tiny_config().model.d
+  with pytest.raises(ValueError, match=r"different run[\s\S]*model\.d: %d in the workdir, %d now"
+                     r"[\s\S]*seed: 0 in the workdir, 7 now" % (d, 2 * d)):
+    clcr_jax.train_and_evaluate(tiny_config(**{"model.d": 2 * d, "seed": 7}), workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == saved  # the workdir is left as it was
+
+
 def _launch(workdir, *extra, env=None):
   cmd = [sys.executable, "-m", "clcr_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}",
          "--config.data.backend=numpy", "--config.train.num_epochs=5",
