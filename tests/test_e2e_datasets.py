@@ -202,9 +202,12 @@ def avmnist_cache(tmp_path_factory):
 
 
 @needs_avmnist
-@pytest.mark.parametrize("model", ["clcr", "late_fusion"])
-def test_avmnist_real_data(tmp_path, avmnist_cache, model):
-  config = avmnist.get_config("tiny")
+@pytest.mark.parametrize("model,modalities", [("clcr", "image+audio"),
+                                               ("late_fusion", "image+audio"),
+                                               ("late_fusion", "image")])
+def test_avmnist_real_data(tmp_path, avmnist_cache, model, modalities):
+  config = avmnist.get_config(f"tiny,modalities={modalities}")
+  assert sorted(config.model.modalities) == sorted(modalities.split("+"))
   assert config.data.root == SHARED_DATA
   config = shrink(config, SHARED_DATA, **{"model.name": model, "data.cache_dir": avmnist_cache,
                                           "data.max_train_examples": 512,
@@ -217,6 +220,8 @@ def test_avmnist_real_data(tmp_path, avmnist_cache, model):
   assert 0.0 <= results["test"]["accuracy"] <= 1.0
   if model == "clcr":
     assert {"omega/level0", "beta/audio", "beta/image"} <= set(results["test"])
+  with open(tmp_path / "run" / "config.json") as f:
+    assert sorted(json.load(f)["model"]["modalities"]) == sorted(modalities.split("+"))
 
 
 # ---------------------------------------------------------------------------------------------

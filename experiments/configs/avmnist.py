@@ -5,6 +5,8 @@ Launch (no download: the MNIST, FSDD and pairing files ship in ../shared/data):
 Variants (`:arg`, comma-separated):
   model=late_fusion | flat_attention   reference fusions on the same backbones
   audio_backbone=tcn                   a TCN over the spectrogram's time axis instead of ResNet-18
+  modalities=image | audio             one modality only (default image+audio); with
+                                       model=late_fusion, the unimodal baselines
   tiny                                 CPU smoke setting (d = 16, batch 8, 512 train rows)
 Subsets for quick runs: --config.data.max_train_examples=2000 --config.data.max_eval_examples=500
 
@@ -31,7 +33,8 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, model="clcr", audio_backbone="resnet18", tiny=False)
+  arg = common.parse_arg(arg, model="clcr", audio_backbone="resnet18", modalities="image+audio",
+                         tiny=False)
   config = common.paper_recipe(common.base_config())
   config.model.name = _benchmark.check_model(arg.model)
 
@@ -47,8 +50,14 @@ def get_config(arg: str | None = None):
   config.model.num_classes = avmnist_reader.NUM_CLASSES
   config.model.d = 128
   config.model.num_heads = 4
-  config.model.modalities.audio = models.modality("spectrogram", arg.audio_backbone)
-  config.model.modalities.image = models.modality("vector", "tcn")
+  available = {"audio": models.modality("spectrogram", arg.audio_backbone),
+               "image": models.modality("vector", "tcn")}
+  chosen = [m for m in arg.modalities.split("+") if m]
+  if not chosen or set(chosen) - set(available):
+    raise ValueError(f"avmnist: modalities={arg.modalities!r}; expected 'image', 'audio' or "
+                     "'image+audio'")
+  for m in sorted(chosen):  # the model's modality order is the data's: audio, image
+    config.model.modalities[m] = available[m]
 
   config.eval.select_on = "valid"
   config.eval.select_metric = "auto"   # accuracy, max
