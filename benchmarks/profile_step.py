@@ -6,9 +6,9 @@
 Compiles the harness's train step (benchmarks/jax_impl.py), traces `--steps` steps with
 jax.profiler, and sums the duration of every XLA op by the Flax module path in its metadata
 (attention, the backbone/encoder, bases, budget, ...). Ops run concurrently on XLA:CPU's thread
-pool, so the column sums can exceed the wall time; read them as shares. Ops inside a loop body
-(the blockwise attention's lax.map) carry no metadata of their own and are attributed to the
-body's computation name when possible, else listed as "(loop body)".
+pool, so the column sums can exceed the wall time; read them as shares. Ops without an op_name
+in the compiled HLO (most inside the blockwise attention's lax.map bodies, and layout copies
+XLA inserts) are listed as "(no op metadata)".
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     by_op[name] += e["dur"] / 1e3 / args.steps
   groups = collections.Counter()
   for name, ms in by_op.items():
-    groups[group_of(op_names[name]) if name in op_names else "(loop body)"] += ms
+    groups[group_of(op_names[name]) if name in op_names else "(no op metadata)"] += ms
   total = sum(groups.values())
   print(f"{bench.description}; batch {bench.batch_size}")
   print(f"train step: {step_s * 1e3:.0f} ms wall; XLA op time summed over threads "
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     print(f"| {label} | {ms:.0f} | {ms / total:.0%} |")
   print(f"\ntop {args.top} ops:")
   for name, ms in by_op.most_common(args.top):
-    print(f"  {ms:8.1f} ms  {name:28s} {op_names.get(name, '(loop body)')[:90]}")
+    print(f"  {ms:8.1f} ms  {name:28s} {op_names.get(name, '(no op metadata)')[:90]}")
   return 0
 
 
