@@ -70,8 +70,6 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
     model.task, model.d, model.num_heads = "regression", 128, 4
     shapes = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
     kinds = {m: "sequence" for m in shapes}
-    for m in shapes:
-      model.modalities[m] = models.modality("sequence", "tcn")
     batch = batch_size or 64
     steps_per_epoch = 1284 // 64
     desc = "MOSI unaligned: text 50x768, audio 375x5, vision 500x20; d=128, 4 heads, TCN"
@@ -80,8 +78,6 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
     model.resnet.base_width = 64
     shapes = {"audio": (257, 188), "visual": (3, 224, 224, 3)}
     kinds = {"audio": "spectrogram", "visual": "video"}
-    for m, kind in kinds.items():
-      model.modalities[m] = models.modality(kind, "resnet18")
     batch = batch_size or (64 if device == "gpu" else 8)
     steps_per_epoch = 6698 // 64
     desc = ("CREMA-D: spectrogram 257x188, 3 frames 224x224x3; ResNet-18 per modality, "
@@ -90,13 +86,13 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
     model.task, model.num_classes, model.d, model.num_heads = "classification", 8, 64, 4
     shapes = {"audio": (48, 16), "text": (24, 24), "vision": (32, 12)}
     kinds = {m: "sequence" for m in shapes}
-    for m in shapes:
-      model.modalities[m] = models.modality("sequence", "tcn")
     batch = batch_size or 64
     steps_per_epoch = 4096 // 64
     desc = "synthetic: audio 48x16, text 24x24, vision 32x12; d=64, 4 heads, TCN, 8 classes"
   else:
     raise ValueError(f"unknown benchmark {name!r}; expected one of {NAMES}")
+  for m, kind in kinds.items():  # TCN over feature sequences, ResNet-18 over images and audio
+    model.modalities[m] = models.modality(kind, "tcn" if kind == "sequence" else "resnet18")
   for key, value in (overrides or {}).items():
     node = model
     *parents, leaf = key.split(".")

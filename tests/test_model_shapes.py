@@ -398,3 +398,27 @@ def test_clcr_jax_never_imports_tensorflow():
   result = subprocess.run([sys.executable, "-c", _NO_TF_SCRIPT], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+def test_remat_gives_the_same_loss_gradients_and_batch_stats():
+  """model.remat recomputes the backbones in the backward pass: a memory switch, not a new model."""
+  layout = mf.LAYOUTS["cremad"]
+  batch = mf.make_batch(layout, 2, seed=4)
+  results = []
+  for remat in (False, True):
+    model = models.build_model(mf.model_config(layout, remat=remat))
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                           batch["inputs"], batch["masks"], train=False)
+
+    def loss(params, variables=variables, model=model):
+      (pred, _), updates = model.apply(
+          {**variables, "params": params}, batch["inputs"], batch["masks"], train=True,
+          rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+      return jnp.sum(pred**2), updates
+
+    results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
+  ((l0, s0), g0), ((l1, s1), g1) = results
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1, s0)
+  assert float(jnp.abs(jax.tree.leaves(g0)[0]).sum()) > 0
