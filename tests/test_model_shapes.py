@@ -419,6 +419,9 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats():
     results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
   ((l0, s0), g0), ((l1, s1), g1) = results
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+  # Recomputation changes XLA's fusions, hence float32 summation order: tolerances scale with
+  # each tensor's largest entry.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())), g1, g0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), s1, s0)
   assert float(jnp.abs(jax.tree.leaves(g0)[0]).sum()) > 0

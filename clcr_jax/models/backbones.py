@@ -66,7 +66,7 @@ class BasicBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # PyTorch BatchNorm defaults (momentum 0.1 == flax 0.9, eps 1e-5), as in OGM-GE.
     norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -83,10 +83,12 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 trunk. Images [N, H, W, C] -> layer2, layer3, layer4 maps [N, h_i, w_i, c_i].
 
-  `base_width` 64 is the standard network (c = 128, 256, 512); tests shrink it.
+  `base_width` 64 is the standard network (c = 128, 256, 512); tests shrink it. `remat`
+  recomputes each basic block in the backward pass, so only block inputs are kept.
   """
   base_width: int = 64
   axis_name: str | None = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -98,13 +100,16 @@ class ResNet18(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      axis_name=self.axis_name, name="bn1", **kw)(x)
     x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    # Per block, not around the whole trunk: rematerialising the trunk as one piece rebuilds all
+    # its activations at once in the backward pass, so the peak would not move.
+    block_cls = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock
     outputs = []
     for stage in range(4):
       features = self.base_width * 2**stage
       for block in range(2):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, strides, self.axis_name, name=f"layer{stage + 1}_{block}",
-                       **kw)(x, train=train)
+        x = block_cls(features, strides, self.axis_name, name=f"layer{stage + 1}_{block}",
+                      **kw)(x, train)
       if stage > 0:
         outputs.append(x)
     return outputs
@@ -137,6 +142,8 @@ class ModalityEncoder(nn.Module):
     backbone: 'tcn' or 'resnet18'.
     tcn_width, kernel_size, dilations: TCN settings.
     resnet_width: ResNet-18 base width; spatial_grid: tokens per frame = grid**2 for clips.
+    remat: recompute each ResNet basic block in the backward pass (the TCN is rematerialised
+      as a whole by the caller).
   """
   name_: str
   kind: str
@@ -146,6 +153,7 @@ class ModalityEncoder(nn.Module):
   dilations: Sequence[int] = (1, 2, 4)
   resnet_width: int = 64
   spatial_grid: int = 1
+  remat: bool = False
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -180,7 +188,7 @@ class ModalityEncoder(nn.Module):
                         **kw)(x, mask, train=train)
       return [(o, mask) for o in outs]
     if self.backbone == "resnet18":
-      net = ResNet18(self.resnet_width, self.axis_name, name="resnet18", **kw)
+      net = ResNet18(self.resnet_width, self.axis_name, self.remat, name="resnet18", **kw)
       if self.kind == "spectrogram":
         maps = net(x[..., None], train=train)             # [B, F', T', c]
         out = []

@@ -59,5 +59,5 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.dtype = "float32"             # activations: 'float32' | 'bfloat16'
   c.param_dtype = "float32"
-  c.remat = False                 # rematerialise backbones to save memory
+  c.remat = False                 # recompute backbones in the backward pass (ResNet: per block)
   return c

@@ -71,16 +71,20 @@ class SemanticHierarchy(nn.Module):
     if missing:
       raise ValueError(f"the model is configured for modalities {list(mods)} but the batch lacks "
                        f"{missing} (inputs has {sorted(inputs)}, masks has {sorted(masks)})")
-    encoder_cls = nn.remat(backbones.ModalityEncoder, static_argnums=(3,)) if cfg.remat \
-        else backbones.ModalityEncoder
     levels, level_masks = {}, {}
     for m in mods:
       spec = cfg.modalities[m]
+      # model.remat: a ResNet recomputes block by block (its peak is inside the trunk); a TCN is
+      # small next to the exchange attention, so it is recomputed whole and holds nothing
+      # while the levels above it run.
+      whole = cfg.remat and spec.backbone != "resnet18"
+      encoder_cls = (nn.remat(backbones.ModalityEncoder, static_argnums=(3,)) if whole
+                     else backbones.ModalityEncoder)
       out = encoder_cls(
           name_=m, kind=spec.kind, backbone=spec.backbone, tcn_width=cfg.tcn.width or cfg.d,
           kernel_size=cfg.tcn.kernel_size, dilations=tuple(cfg.tcn.dilations),
           resnet_width=cfg.resnet.base_width, spatial_grid=cfg.resnet.spatial_grid,
-          axis_name=self.axis_name, dtype=dtype, param_dtype=param_dtype,
+          remat=cfg.remat and not whole, axis_name=self.axis_name, dtype=dtype, param_dtype=param_dtype,
           name=f"backbone_{m}")(inputs[m], masks[m], train)
       if len(out) != 3:
         raise level_count_error(m, len(out))

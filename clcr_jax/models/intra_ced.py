@@ -27,26 +27,69 @@ from clcr_jax.models import token_budget
 Dtype = Any
 
 
+def _gram_schmidt(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """w [d, k] -> (Q [d, k], T = R^-1 [k, k] upper triangular) with w = Q R, diag(R) > 0.
+
+  Classical Gram-Schmidt with reorthogonalisation (CGS2) in a scan over the k columns. T is
+  tracked alongside (Q = w T column by column) so the backward pass needs no triangular solve.
+  """
+  w = w.astype(jnp.float32)
+  k = w.shape[1]
+
+  def add_column(carry, j):
+    q, t = carry
+    v = w[:, j]
+    coeff = jnp.zeros((k,), jnp.float32)
+    for _ in range(2):  # unfilled columns of q are zero and remove nothing
+      c = q.T @ v
+      v = v - q @ c
+      coeff = coeff + c
+    inv_norm = jax.lax.rsqrt(jnp.sum(v * v))
+    q = q.at[:, j].set(v * inv_norm)
+    # q_j = (w_j - Q coeff) / ||v|| and Q = w T for the columns before j.
+    t = t.at[:, j].set((jax.nn.one_hot(j, k, dtype=jnp.float32) - t @ coeff) * inv_norm)
+    return (q, t), None
+
+  (q, t), _ = jax.lax.scan(add_column, (jnp.zeros_like(w), jnp.zeros((k, k), jnp.float32)),
+                           jnp.arange(k))
+  return q, t
+
+
 def orthonormal_columns(w: jax.Array) -> jax.Array:
   """Q of the QR decomposition of w [d, k] with diag(R) > 0 (unique, smooth in w).
 
-  Gram-Schmidt with reorthogonalisation (CGS2) in a scan over the k columns, not LAPACK: the
-  model vmaps this over levels, and XLA:CPU's batched LAPACK QR (jaxlib 0.10) can deadlock on a
-  2-thread pool when two run at once, which hung training on 2-core machines. CGS2 is
-  orthogonal to float32 rounding, and its diag(R) = column norms are positive by construction,
-  so it equals the sign-fixed Householder Q.
+  Gram-Schmidt (CGS2), not LAPACK: the model vmaps this over levels, and XLA:CPU's batched
+  LAPACK QR (jaxlib 0.10) can deadlock on a 2-thread pool when two run at once, which hung
+  training on 2-core machines. CGS2 is orthogonal to float32 rounding, and its diag(R) = column
+  norms are positive by construction, so it equals the sign-fixed Householder Q.
+
+  The backward pass is the QR derivative in closed form. Differentiating the scan instead
+  would store Q at every column: d * k^2 floats, 384 MiB per level at d = 512, k = 256.
   """
-  w = w.astype(jnp.float32)
+  return _orthonormal_columns(w.astype(jnp.float32))
 
-  def add_column(q, j):
-    v = w[:, j]
-    for _ in range(2):  # unfilled columns of q are zero and remove nothing
-      v = v - q @ (q.T @ v)
-    q = q.at[:, j].set(v / jnp.sqrt(jnp.sum(v * v)))
-    return q, None
 
-  q, _ = jax.lax.scan(add_column, jnp.zeros_like(w), jnp.arange(w.shape[1]))
-  return q
+@jax.custom_vjp
+def _orthonormal_columns(w: jax.Array) -> jax.Array:
+  return _gram_schmidt(w)[0]
+
+
+def _orthonormal_columns_fwd(w):
+  q, t = _gram_schmidt(w)
+  return q, (q, t)
+
+
+def _orthonormal_columns_bwd(residuals, g):
+  # For w = QR, dQ = Q (Omega - C) + dw R^-1 with C = Q^T dw R^-1 and Omega = tril(C, -1) -
+  # tril(C, -1)^T (skew). Transposing: w_bar = (G + Q E) R^-T, B = Q^T G,
+  # E = tril(B - B^T, -1) - B.
+  q, t = residuals
+  b = q.T @ g
+  e = jnp.tril(b - b.T, -1) - b
+  return ((g + q @ e) @ t.T,)
+
+
+_orthonormal_columns.defvjp(_orthonormal_columns_fwd, _orthonormal_columns_bwd)
 
 
 def safe_norm(x: jax.Array) -> jax.Array:
