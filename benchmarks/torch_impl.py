@@ -7,6 +7,7 @@ frameworks run the same numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -52,8 +53,12 @@ class TorchImpl:
       with autocast():
         return self.model(batch["inputs"], batch["masks"])[0]
     if compile_mode:
-      loss_fn = torch.compile(loss_fn, mode=None if compile_mode == "default" else compile_mode)
-      eval_fn = torch.compile(eval_fn, mode=None if compile_mode == "default" else compile_mode)
+      # Every benchmark shape is fixed. With automatic dynamic shapes, code that runs at two
+      # shapes (the audio and the visual ResNet's blocks) is recompiled symbolically, which
+      # inductor 2.13 fails on for CREMA-D on CPU ("cannot determine truth value of Relational").
+      compile_fn = functools.partial(
+          torch.compile, dynamic=False, mode=None if compile_mode == "default" else compile_mode)
+      loss_fn, eval_fn = compile_fn(loss_fn), compile_fn(eval_fn)
     self.loss_fn, self.eval_fn = loss_fn, eval_fn
 
   def sync(self):
