@@ -318,6 +318,12 @@ def test_orthonormal_columns_is_the_sign_fixed_householder_q(shape):
     dw[idx] = eps
     fd = (np.sum(c * householder(w[0] + dw)) - np.sum(c * householder(w[0] - dw))) / (2 * eps)
     np.testing.assert_allclose(grad[idx], fd, rtol=2e-3, atol=2e-4)
+  # Forward mode along a random direction, against the same float64 differences.
+  direction = np.random.default_rng(2).normal(size=shape)
+  _, tangent = jax.jvp(intra_ced.orthonormal_columns, (w[0].astype(np.float32),),
+                       (direction.astype(np.float32),))
+  fd = (householder(w[0] + eps * direction) - householder(w[0] - eps * direction)) / (2 * eps)
+  np.testing.assert_allclose(np.asarray(tangent, np.float64), fd, rtol=2e-3, atol=2e-4)
 
 
 def test_orthonormal_columns_backward_keeps_no_per_column_copies():
