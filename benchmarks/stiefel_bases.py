@@ -36,7 +36,8 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--levels", type=int, default=3)
   args = parser.parse_args(argv)
-  print("| configuration | bases | closed form: ms, plan MiB | scan autodiff: ms, plan MiB | speed-up |")
+  print("| configuration | bases | closed form: ms, plan MiB | scan autodiff: ms, plan MiB "
+        "| speed-up |")
   print("|---|---|---|---|---|")
   for name, d, k, count in SHAPES:
     shape = (count, args.levels, d, k)

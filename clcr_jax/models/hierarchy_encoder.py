@@ -84,8 +84,8 @@ class SemanticHierarchy(nn.Module):
           name_=m, kind=spec.kind, backbone=spec.backbone, tcn_width=cfg.tcn.width or cfg.d,
           kernel_size=cfg.tcn.kernel_size, dilations=tuple(cfg.tcn.dilations),
           resnet_width=cfg.resnet.base_width, spatial_grid=cfg.resnet.spatial_grid,
-          remat=cfg.remat and not whole, axis_name=self.axis_name, dtype=dtype, param_dtype=param_dtype,
-          name=f"backbone_{m}")(inputs[m], masks[m], train)
+          remat=cfg.remat and not whole, axis_name=self.axis_name, dtype=dtype,
+          param_dtype=param_dtype, name=f"backbone_{m}")(inputs[m], masks[m], train)
       if len(out) != 3:
         raise level_count_error(m, len(out))
       levels[m] = [out[l] for l in self.keep_levels]
