@@ -17,8 +17,9 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -271,16 +272,6 @@ _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.train_split", "tr
                  "train.optimizer")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
   path = os.path.join(workdir, "config.json")
@@ -288,8 +279,9 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not (os.path.exists(path) and os.path.isdir(latest) and os.listdir(latest)):
     return
   with open(path) as f:
-    saved = _flatten(json.load(f))
-  now = _flatten(json.loads(json.dumps(metrics_lib.json_safe(config.to_dict()))))
+    saved = traverse_util.flatten_dict(json.load(f), sep=".")
+  now = traverse_util.flatten_dict(
+      json.loads(json.dumps(metrics_lib.json_safe(config.to_dict()))), sep=".")
   keys = sorted(k for k in set(saved) | set(now)
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
   diff = [f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"

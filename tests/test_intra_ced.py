@@ -303,7 +303,7 @@ def test_orthonormal_columns_is_the_sign_fixed_householder_q(shape):
   for i in range(3):
     np.testing.assert_allclose(q[i], householder(w[i]), atol=2e-5)
     np.testing.assert_allclose(q[i].T.astype(np.float64) @ q[i], np.eye(shape[1]), atol=2e-6)
-  # d/dw of <c, Q(w)> (a closed-form custom VJP) against central differences of the float64
+  # d/dw of <c, Q(w)> (reverse mode through the closed-form custom JVP) against central differences of the float64
   # reference: every entry of the small shapes, 48 random ones and the corners of the large one.
   c = np.random.default_rng(0).normal(size=shape)
   grad = np.asarray(jax.grad(lambda w: jnp.sum(c * intra_ced.orthonormal_columns(w)))(

@@ -32,8 +32,8 @@ def _gram_schmidt(w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   Classical Gram-Schmidt with reorthogonalisation (CGS2) in a scan over the k columns. T is
   tracked alongside (Q = w T column by column) so the derivative needs no triangular solve.
+  float32 in and out.
   """
-  w = w.astype(jnp.float32)
   k = w.shape[1]
 
   def add_column(carry, j):
