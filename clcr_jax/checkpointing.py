@@ -20,10 +20,16 @@ class Checkpointer:
 
   def __init__(self, workdir: str, asynchronous: bool = True):
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = lambda: ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, enable_async_checkpointing=asynchronous)
+    # orbax names its cross-process barriers after the step ("async_write_complete.<step>"),
+    # so two managers saving the same step at once on a multi-process run would wait at one
+    # barrier twice and fail ("Barrier ... is already ongoing"); a prefix per manager keeps
+    # their barriers apart.
+    options = lambda name: ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=asynchronous,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=f"clcr_{name}"))
     self._managers = {
-        name: ocp.CheckpointManager(os.path.join(root, name), options=options(),
+        name: ocp.CheckpointManager(os.path.join(root, name), options=options(name),
                                     item_names=("state", "meta"))
         for name in ("latest", "best")}
 

@@ -138,16 +138,22 @@ def main(argv):
 
   # B: the whole training loop.
   import clcr_jax  # pylint: disable=import-outside-toplevel
+  run_and_record(lambda: clcr_jax.train_and_evaluate(config, workdir), out,
+                 f"results_{process_id}.json", process_id)
+  return 0
+
+
+def run_and_record(fn, out: str, name: str, process_id: int) -> None:
+  """Writes fn()'s JSON result to out/name, or its traceback to out/error_<pid>.txt and exits."""
   try:
-    results = clcr_jax.train_and_evaluate(config, workdir)
+    result = fn()
   except Exception:  # pylint: disable=broad-except
     with open(os.path.join(out, f"error_{process_id}.txt"), "w") as f:
       f.write(traceback.format_exc())
     # Leave the distributed runtime without waiting for a peer that may be gone.
     os._exit(3)  # pylint: disable=protected-access
-  with open(os.path.join(out, f"results_{process_id}.json"), "w") as f:
-    json.dump(results, f, sort_keys=True)
-  return 0
+  with open(os.path.join(out, name), "w") as f:
+    json.dump(result, f, sort_keys=True)
 
 
 if __name__ == "__main__":
