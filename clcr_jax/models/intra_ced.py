@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clcr_jax.models import dropout as dropout_lib
 from clcr_jax.models import layers
 from clcr_jax.models import token_budget
 
@@ -173,10 +174,11 @@ class SharedExchange(nn.Module):
     width = query.shape[-1]
     msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
                                     **kw)(query, pool, pool_mask)
-    msg = nn.Dropout(self.dropout, deterministic=not train)(alpha[..., None].astype(msg.dtype) * msg)
+    msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
+        alpha[..., None].astype(msg.dtype) * msg)
     h = nn.LayerNorm(name="norm1", **kw)(query + msg)
     ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(h, train=train)
-    ffn = nn.Dropout(self.dropout, deterministic=not train)(ffn)
+    ffn = dropout_lib.Dropout(self.dropout, deterministic=not train)(ffn)
     return nn.LayerNorm(name="norm2", **kw)(h + ffn)
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clcr_jax.models import blockwise_attention
+from clcr_jax.models import dropout as dropout_lib
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "blockwise", "einsum", "xla", "cudnn", "cudnn_or_xla")
 
@@ -141,7 +142,7 @@ class MLP(nn.Module):
   def __call__(self, x, *, train: bool):
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
     x = nn.gelu(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dropout_lib.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
 
 
