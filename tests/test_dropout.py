@@ -98,6 +98,9 @@ def test_module_edges_gradient_and_errors():
   np.testing.assert_allclose(grad, np.where(np.asarray(y) != 0, scale, 0.0), rtol=1e-6)
   with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\], found 1.5"):
     apply(1.5)
+  # A scalar keeps its shape (it is scaled or zeroed, never broadcast to [1]).
+  scalar = dropout.dropout(jax.random.key(0), jnp.float32(2.0), 0.5)
+  assert scalar.shape == () and float(scalar) in (0.0, 4.0)
   # bfloat16 stays bfloat16.
   assert dropout.dropout(jax.random.key(0), x.astype(jnp.bfloat16), 0.1).dtype == jnp.bfloat16
 

@@ -33,11 +33,10 @@ def drop_threshold(rate: float) -> int:
 
 def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """uint16 [*shape] i.i.d. uniform on [0, 2^16), four per Threefry hash along the last axis."""
-  shape = tuple(shape) or (1,)
-  *lead, last = shape
+  *lead, last = tuple(shape) or (1,)  # a scalar draws one word, then takes its first uniform
   words = (*lead, -(-last // _PER_HASH))
   if np.prod(words, dtype=np.int64) >= 2**32:
-    raise ValueError(f"dropout mask of shape {shape} needs {np.prod(words)} hashes; at most "
+    raise ValueError(f"dropout mask of shape {tuple(shape)} needs {np.prod(words)} hashes; at most "
                      "2^32 are addressable by the 32-bit counter")
   index = jnp.zeros(words, jnp.uint32)
   stride = 1
@@ -48,7 +47,7 @@ def uniform16(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     key = jax.random.key_data(key)
   hi, lo = threefry2x32_p.bind(key[0], key[1], jnp.zeros(words, jnp.uint32), index)
   bits = jax.lax.bitcast_convert_type(jnp.stack([hi, lo], axis=-1), jnp.uint16)
-  return bits.reshape(*lead, _PER_HASH * words[-1])[..., :last].reshape(shape)
+  return bits.reshape(*lead, _PER_HASH * words[-1])[..., :last].reshape(tuple(shape))
 
 
 def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
