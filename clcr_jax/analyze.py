@@ -1,6 +1,8 @@
-"""Analyses of a trained run and of a sweep: robustness, missing modalities, weights, budget.
+"""Analyses of a trained run and of a sweep: robustness, missing modalities, weights, budget,
+leakage probes.
 
   python -m clcr_jax.analyze --workdir=runs/synthetic [--split=test] [--out=runs/synthetic/analysis]
+  python -m clcr_jax.analyze --workdir=runs/synthetic --probes        # the leakage probes only
   python -m clcr_jax.analyze --sweep=runs/sweeps/budget_ks [--x=participation/mean] [--metric=...]
 
 From a run (the selected checkpoint, `clcr_jax.load`), on one split, into --out (default
@@ -20,6 +22,16 @@ WORKDIR/analysis):
   analysis.json              all of the above, with the run's identity
 The task metric is accuracy (classification), MAE (regression) or segment accuracy; with sigma 0
 and no modality removed every number equals the run's results.json on that split.
+
+With --probes, instead (`leakage_probes`; datasets whose reader returns its true factors, i.e.
+'synthetic'; models with pooled summaries, i.e. CLCR):
+  leakage_probes.json, .png  held-out linear (ridge) probes from the pooled shared and the pooled
+                             private summaries (concatenated over levels and modalities) to each
+                             true factor: accuracy for binary factors (label bits, event types),
+                             R^2 for continuous ones (event times; per modality, the nuisance walk
+                             and |bursts| averaged over valid tokens); headline: the nuisance R^2
+                             from the shared summaries and the label bits' accuracy from the
+                             private ones
 
 From a sweep directory (experiments/sweep.py output), into DIR/analysis: sweep_curve.json and
 sweep_curve.png: the metric (mean +- std over seeds) against a swept key or a measured quantity
@@ -60,30 +72,44 @@ def _batches(predictor, reader, split: str, backend: str | None) -> Iterator[dic
                                backend=backend or config.data.backend)
 
 
-def _host_aux(aux) -> dict[str, Any]:
+def _host_aux(aux, summaries: bool = False) -> dict[str, Any]:
+  """The aux entries the analyses read, on the host. The pooled summaries ('shared', 'private':
+  per level {m: [B, d]}) come only with `summaries`, so analyses that do not read them do not
+  pay for the transfer."""
   import jax  # pylint: disable=import-outside-toplevel
-  keep = {k: aux[k] for k in ("omega", "beta", "eta", "alpha", "token_mask", "budget_ratio")
-          if aux.get(k) is not None}
+  names = ("omega", "beta", "eta", "alpha", "token_mask", "budget_ratio")
+  names += ("shared", "private") if summaries else ()
+  keep = {k: aux[k] for k in names if aux.get(k) is not None}
   return jax.device_get(keep)
 
 
 def collect(predictor, reader, split: str, transform: Transform | None = None,
-            backend: str | None = None) -> dict[str, Any]:
+            backend: str | None = None, summaries: bool = False) -> dict[str, Any]:
   """The predictions and diagnostics of `predictor` on every row of `split`.
 
   Returns numpy arrays over the split's batches (padding rows included, see 'valid'):
   prediction, label, valid, omega [N, L], beta [N, M], eta [N, M] (when the model has them),
   participation [N, L] (fraction of the example's valid tokens, over all modalities, with
   alpha > 0; as train_lib's eval step), and per level and modality 'tokens', 'picked' and
-  'mass' [N] (valid tokens, tokens with alpha > 0, sum of alpha).
+  'mass' [N] (valid tokens, tokens with alpha > 0, sum of alpha). With `summaries`, also
+  'shared' and 'private': per level {m: float64[N, d]}, the model's pooled summaries (absent
+  when the model has none; 'private' absent without a private stream).
   """
   chunks = collections.defaultdict(list)
   levels: list[dict[str, dict[str, list]]] = []
+  pooled: dict[str, list[dict[str, list]]] = {}
   for i, batch in enumerate(_batches(predictor, reader, split, backend)):
     if transform is not None:
       batch = transform(batch, i)
     prediction, aux = predictor(batch["inputs"], batch["masks"])
-    aux = _host_aux(aux)
+    aux = _host_aux(aux, summaries)
+    for kind in ("shared", "private"):
+      for l, level in enumerate(aux.get(kind) or ()):
+        per_level = pooled.setdefault(kind, [])
+        if l == len(per_level):
+          per_level.append(collections.defaultdict(list))
+        for m, value in level.items():
+          per_level[l][m].append(np.asarray(value, np.float64))
     chunks["prediction"].append(np.asarray(prediction))
     chunks["label"].append(np.asarray(batch["label"]))
     chunks["valid"].append(np.asarray(batch["valid"], bool))
@@ -113,6 +139,8 @@ def collect(predictor, reader, split: str, transform: Transform | None = None,
   out = {k: np.concatenate(v) for k, v in chunks.items()}
   out["levels"] = [{m: {k: np.concatenate(v) for k, v in d.items()} for m, d in lv.items()}
                    for lv in levels]
+  for kind, per_level in pooled.items():
+    out[kind] = [{m: np.concatenate(v) for m, v in level.items()} for level in per_level]
   return out
 
 
@@ -309,6 +337,239 @@ def participation(outputs: Mapping[str, Any], config) -> dict[str, Any] | None:
           "note": "participation: fraction of an example's valid tokens with alpha > 0; "
                   "alpha_mass: mean alpha per valid token; overall: over all modalities (as "
                   "results.json participation/level{l}); budget_ratio: B_l / T"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Leakage probes: linear read-outs of the true factors from the pooled summaries
+# ---------------------------------------------------------------------------------------------
+# Ridge penalties tried, as multiples of the training rows (features are standardised, so each
+# column's squared norm is the number of rows); the one with the lowest leave-one-out error on
+# the fitting half is kept.
+PROBE_RIDGES = tuple(10.0**k for k in range(-4, 4))
+# How a token-aligned factor {m: [N, T, C]} becomes one number per example and channel: the mean
+# over valid tokens, or the mean of |x| (bursts have zero mean; their strength is the signal).
+TOKEN_FACTOR_CHANNELS = {"nuisance": (("walk", "mean"), ("bursts", "mean_abs"))}
+
+
+def fit_probe(features: np.ndarray, target: np.ndarray, kind: str, seed: int = 0,
+              ridges: Sequence[float] = PROBE_RIDGES) -> dict[str, Any]:
+  """A linear probe from features [N, P] to target [N], scored on a held-out half.
+
+  The rows are split in two halves by a permutation drawn from `seed`; on the first, features
+  are standardised and a ridge regression (float64, closed form through the SVD, with
+  intercept) is fitted, its penalty chosen among `ridges` (x rows) by leave-one-out error; the
+  second half scores it. kind 'binary': the two target values become -1 / +1 and the score is
+  the accuracy of the prediction's sign; chance is the accuracy of always answering the fitting
+  half's majority value. kind 'continuous': the score is R^2 = 1 - SSE / SST on the held-out
+  half (SST around the held-out mean; can be negative); chance is 0. Rows with a non-finite
+  target are left out. Returns {'score', 'chance', 'ridge', 'rows': (fit, held out)}.
+  """
+  x = np.asarray(features, np.float64)
+  y = np.asarray(target, np.float64)
+  if x.ndim != 2 or y.shape != (len(x),):
+    raise ValueError(f"fit_probe expects features [N, P] and target [N]; found {x.shape} and "
+                     f"{y.shape}")
+  if kind not in ("binary", "continuous"):
+    raise ValueError(f"fit_probe: kind must be 'binary' or 'continuous', found {kind!r}")
+  keep = np.isfinite(y) & np.isfinite(x).all(1)
+  x, y = x[keep], y[keep]
+  if kind == "binary":
+    values = np.unique(y)
+    if len(values) != 2:
+      raise ValueError(f"fit_probe: a binary target needs exactly 2 values, found {values[:5]}")
+    y = np.where(y == values[1], 1.0, -1.0)
+  if len(y) < 4:
+    raise ValueError(f"fit_probe needs at least 4 rows with finite values, found {len(y)}")
+  order = np.random.default_rng(seed).permutation(len(y))
+  fit, held = order[:len(y) // 2], order[len(y) // 2:]
+  mean, std = x[fit].mean(0), x[fit].std(0)
+  std = np.where(std > 1e-12, std, 1.0)  # constant columns stay (at zero) instead of dividing by 0
+  xf, xh = (x[fit] - mean) / std, (x[held] - mean) / std
+  y_mean = y[fit].mean()
+  u, sv, vt = np.linalg.svd(xf, full_matrices=False)
+  rank = sv > 1e-10 * max(float(sv.max(initial=0.0)), 1e-300)
+  u, sv, vt = u[:, rank], sv[rank], vt[rank]
+  uty = u.T @ (y[fit] - y_mean)
+  best = None
+  for ridge in ridges:
+    lam = ridge * len(fit)
+    shrink = sv**2 / (sv**2 + lam)
+    residual = (y[fit] - y_mean) - u @ (shrink * uty)
+    # Leave-one-out residuals of a ridge fit; 1/n is the intercept's share of the leverage.
+    leverage = (u**2) @ shrink + 1.0 / len(fit)
+    loo = float(np.mean((residual / np.maximum(1.0 - leverage, 1e-12))**2))
+    if best is None or loo < best[0]:
+      best = (loo, ridge, vt.T @ (sv / (sv**2 + lam) * uty))
+  _, ridge, weights = best
+  prediction = xh @ weights + y_mean
+  truth = y[held]
+  if kind == "binary":
+    score = float(np.mean(np.where(prediction >= 0, 1.0, -1.0) == truth))
+    majority = 1.0 if (y[fit] > 0).mean() >= 0.5 else -1.0
+    chance = float(np.mean(truth == majority))
+  else:
+    sst = float(np.sum((truth - truth.mean())**2))
+    score = 1.0 - float(np.sum((truth - prediction)**2)) / sst if sst > 0 else None
+    chance = 0.0
+  return {"score": score, "chance": chance, "ridge": ridge, "rows": (len(fit), len(held))}
+
+
+def probe_targets(factors: Mapping[str, Any], masks: Mapping[str, np.ndarray] | None = None
+                  ) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]:
+  """The probe targets of a reader's factors: ({name: (float64[N], kind)}, {name: why skipped}).
+
+  A factor [N] of integers with two values is 'binary' (e.g. a label bit), one of floats is
+  'continuous' (e.g. an event time). A token-aligned factor {m: [N, T_m, C]} (the nuisance)
+  gives one continuous target per modality and channel, '<factor>_<channel>/<m>', summarised
+  over the example's valid tokens (`masks` {m: bool[N, T_m]}) as TOKEN_FACTOR_CHANNELS says (the
+  mean by default); an example without valid tokens gets NaN (left out of that probe).
+  """
+  targets, skipped = {}, {}
+  for name in sorted(factors):
+    value = factors[name]
+    if isinstance(value, Mapping):
+      for m in sorted(value):
+        x = np.asarray(value[m], np.float64)
+        x = x[..., None] if x.ndim == 2 else x
+        if masks is None or m not in masks:
+          raise ValueError(f"factor {name!r}: modality {m!r} is token-aligned [N, T, C] and "
+                           f"needs its mask; masks given for {sorted(masks or {})}")
+        mask = np.asarray(masks[m], bool)
+        if x.ndim != 3 or x.shape[:2] != mask.shape:
+          raise ValueError(f"factor {name}/{m}: expected [N, T, C] matching the mask "
+                           f"{mask.shape}, found {x.shape}")
+        count = mask.sum(1)
+        channels = TOKEN_FACTOR_CHANNELS.get(
+            name, tuple((f"c{c}", "mean") for c in range(x.shape[2])))
+        if len(channels) != x.shape[2]:
+          raise ValueError(f"factor {name}/{m}: expected {len(channels)} channels "
+                           f"{[c for c, _ in channels]}, found {x.shape[2]}")
+        for c, (channel, how) in enumerate(channels):
+          v = np.abs(x[..., c]) if how == "mean_abs" else x[..., c]
+          with np.errstate(invalid="ignore", divide="ignore"):
+            summary = np.where(mask, v, 0.0).sum(1) / count
+          targets[f"{name}_{channel}/{m}"] = (np.where(count > 0, summary, np.nan), "continuous")
+      continue
+    x = np.asarray(value)
+    if x.ndim != 1:
+      skipped[name] = f"shape {x.shape}: only [N] factors and {{m: [N, T, C]}} are probed"
+      continue
+    distinct = np.unique(x[np.isfinite(x)] if x.dtype.kind == "f" else x)
+    if len(distinct) < 2:
+      skipped[name] = "constant"
+    elif x.dtype.kind in "biu":
+      if len(distinct) == 2:
+        targets[name] = (x.astype(np.float64), "binary")
+      else:
+        skipped[name] = f"categorical with {len(distinct)} values (only binary factors are probed)"
+    else:
+      targets[name] = (x.astype(np.float64), "continuous")
+  return targets, skipped
+
+
+def _summary_features(outputs: Mapping[str, Any], kind: str, modalities: Sequence[str]
+                      ) -> np.ndarray | None:
+  """The pooled summaries of `kind` of the valid rows, concatenated over levels and modalities
+  (level-major): float64[N, L * M * d], or None when the model has none."""
+  levels = outputs.get(kind)
+  if not levels:
+    return None
+  valid = outputs["valid"]
+  return np.concatenate([level[m][valid] for level in levels for m in modalities], axis=1)
+
+
+def _mean(values) -> float | None:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def leakage_probes(predictor, reader, split: str, backend: str | None = None, seed: int = 0,
+                   ridges: Sequence[float] = PROBE_RIDGES, outputs=None) -> dict[str, Any]:
+  """Linear probes from the pooled shared and private summaries to the reader's true factors.
+
+  The model runs over `split` (`collect(..., summaries=True)`, or pass its `outputs`); the
+  features are the pooled summaries concatenated over levels and modalities, shared [N, L M d]
+  and private [N, L M d]; the targets are `reader.factors[split]` (`probe_targets`), each
+  probed by `fit_probe` (held-out half of the split; binary factors: accuracy, continuous
+  ones: R^2). Returns {'shared': {target: score}, 'private': {target: score} or None (a model
+  without a private stream, e.g. ablation no_intraced), 'chance', 'kind', 'ridge', and
+  'headline': nuisance_to_shared_r2 (mean R^2 of the nuisance targets from the shared
+  summaries: how much nuisance reaches the shared channel), label_in_private_accuracy (mean
+  accuracy of the label bits `reader.label_factors` from the private summaries: how much label
+  information stays private), and their counterparts for contrast}.
+  Raises ValueError for a reader without factors or a model without pooled summaries.
+  """
+  config = predictor.config
+  modalities = tuple(config.model.modalities.keys())
+  factors = getattr(reader, "factors", None)
+  if not factors:
+    raise ValueError(f"dataset {config.data.name!r} provides no true factors (reader.factors "
+                     "is missing); leakage probes need a reader that returns them, e.g. "
+                     "'synthetic'")
+  if split not in factors:
+    raise ValueError(f"dataset {config.data.name!r} has factors for splits {sorted(factors)}, "
+                     f"not {split!r}")
+  if outputs is None:
+    outputs = collect(predictor, reader, split, backend=backend, summaries=True)
+  shared = _summary_features(outputs, "shared", modalities)
+  if shared is None:
+    raise ValueError(f"model {config.model.name!r} has no pooled shared/private summaries "
+                     "(aux 'shared'); leakage probes need CLCR (model.name='clcr')")
+  private = _summary_features(outputs, "private", modalities)
+  n = reader.num_examples(split)
+  rows = reader.load_examples(split, np.arange(n), train=False)
+  if len(shared) != n or not np.array_equal(np.asarray(outputs["label"])[outputs["valid"]],
+                                            np.asarray(rows["label"])):
+    raise ValueError(f"the model's outputs on {split!r} ({len(shared)} valid rows) are not the "
+                     f"reader's {n} rows in order; cannot align them with the factors")
+  targets, skipped = probe_targets(factors[split], rows["masks"])
+  result = {"shared": {}, "private": {} if private is not None else None, "chance": {},
+            "kind": {}, "ridge": {"shared": {}, "private": {} if private is not None else None}}
+  for name, (target, kind) in targets.items():
+    result["kind"][name] = "accuracy" if kind == "binary" else "r2"
+    for stream, features in (("shared", shared), ("private", private)):
+      if features is None:
+        continue
+      probe = fit_probe(features, target, kind, seed, ridges)
+      result[stream][name] = probe["score"]
+      result["ridge"][stream][name] = probe["ridge"]
+      result["chance"][name] = probe["chance"]
+  label_bits = [b for b in getattr(reader, "label_factors", ()) if b in targets]
+  nuisance = [t for t in targets if t.startswith("nuisance")]
+  pick = lambda stream, names: (_mean(result[stream].get(t) for t in names)
+                                if result[stream] is not None and names else None)
+  result["headline"] = {
+      "nuisance_to_shared_r2": pick("shared", nuisance),
+      "nuisance_to_private_r2": pick("private", nuisance),
+      "label_in_private_accuracy": pick("private", label_bits),
+      "label_in_shared_accuracy": pick("shared", label_bits),
+      "label_chance_accuracy": _mean(result["chance"][b] for b in label_bits) if label_bits
+                               else None}
+  result.update(
+      split=split, model=config.model.name, dataset=config.data.name, rows=n,
+      label_factors=label_bits, nuisance_factors=nuisance, skipped=skipped,
+      features={"shared": int(shared.shape[1]),
+                "private": None if private is None else int(private.shape[1]),
+                "levels": len(outputs["shared"]), "modalities": list(modalities)},
+      note="linear ridge probes fitted on one half of the split, scored on the other: "
+           "accuracy of the sign for binary factors, held-out R^2 for continuous ones "
+           "(nuisance: per modality, mean walk and mean |bursts| over valid tokens)")
+  return result
+
+
+def analyze_probes(workdir: str, split: str = "test", which: str = "best",
+                   backend: str | None = None, seed: int = 0) -> dict[str, Any]:
+  """`leakage_probes` of one run's checkpoint, JSON-safe, with the run's identity."""
+  import clcr_jax  # pylint: disable=import-outside-toplevel
+  from clcr_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  predictor = clcr_jax.load(workdir, which)
+  reader = predictor.reader()
+  if split not in reader.splits:
+    raise ValueError(f"split {split!r} is not in the run's dataset; it has {list(reader.splits)}")
+  result = leakage_probes(predictor, reader, split, backend, seed)
+  result.update(workdir=os.path.abspath(workdir), checkpoint=which, step=predictor.step,
+                seed=seed)
+  return metrics_lib.json_safe(result)
 
 
 def analyze_run(workdir: str, split: str = "test", sigmas=DEFAULT_SIGMAS, seed: int = 0,
@@ -577,6 +838,36 @@ def plot_sweep_curve(curve: Mapping[str, Any]):
   return fig
 
 
+def plot_probes(probes: Mapping[str, Any]):
+  """Bars per probed factor: shared, private (when the model has it) and chance; accuracy of the
+  binary factors on the left, R^2 of the continuous ones on the right."""
+  plt = _plt()
+  panels = [(kind, [t for t, k in probes["kind"].items() if k == kind]) for kind in
+            ("accuracy", "r2")]
+  panels = [(kind, names) for kind, names in panels if names]
+  streams = [s for s in ("shared", "private") if probes.get(s) is not None] + ["chance"]
+  colors = {"shared": "tab:blue", "private": "tab:orange", "chance": "tab:gray"}
+  widths = [len(names) for _, names in panels] or [1]
+  fig, axes = plt.subplots(1, max(1, len(panels)), squeeze=False, gridspec_kw={
+      "width_ratios": widths}, figsize=(min(16.0, 2.5 + 0.2 * len(streams) * sum(widths)), 4.2))
+  width = 0.8 / len(streams)
+  for ax, (kind, names) in zip(axes[0], panels):
+    for j, stream in enumerate(streams):
+      values = [probes[stream].get(t) for t in names]
+      ax.bar(np.arange(len(names)) + (j - (len(streams) - 1) / 2) * width,
+             [np.nan if v is None else v for v in values], width, label=stream,
+             color=colors[stream])
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("held-out accuracy" if kind == "accuracy" else "held-out R^2")
+    ax.set_ylim(0.0 if kind == "accuracy" else min(-0.1, ax.get_ylim()[0]), 1.0)
+    ax.grid(alpha=0.3, axis="y")
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(f"Linear probes of the true factors from the pooled summaries "
+               f"({probes['model']}, {probes['split']})")
+  fig.tight_layout()
+  return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing files
 # ---------------------------------------------------------------------------------------------
@@ -606,6 +897,15 @@ def write_run_analysis(result: Mapping[str, Any], out: str) -> list[str]:
   return written
 
 
+def write_probe_analysis(probes: Mapping[str, Any], out: str) -> list[str]:
+  """Writes `analyze_probes`' result as leakage_probes.json and .png into `out`."""
+  os.makedirs(out, exist_ok=True)
+  paths = [os.path.join(out, "leakage_probes.json"), os.path.join(out, "leakage_probes.png")]
+  _dump(probes, paths[0])
+  _save(plot_probes(probes), paths[1])
+  return paths
+
+
 def write_sweep_analysis(curve: Mapping[str, Any], out: str) -> list[str]:
   os.makedirs(out, exist_ok=True)
   _dump(curve, os.path.join(out, "sweep_curve.json"))
@@ -627,10 +927,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--backend", default="", help="data backend (default: the run's)")
   parser.add_argument("--x", default="", help="sweep: x axis (swept key, metric or 'point')")
   parser.add_argument("--metric", default="", help="sweep: the metric (default by task)")
+  parser.add_argument("--probes", action="store_true",
+                      help="run: only the leakage probes (leakage_probes.json, .png), linear "
+                           "probes of the dataset's true factors from the pooled summaries")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if not args.workdir and not args.sweep:
     parser.error("give --workdir=RUN and/or --sweep=SWEEP_DIR")
-  if args.workdir:
+  if args.probes and not args.workdir:
+    parser.error("--probes needs --workdir=RUN")
+  if args.workdir and args.probes:
+    probes = analyze_probes(args.workdir, args.split, args.checkpoint, args.backend or None,
+                            args.seed)
+    for path in write_probe_analysis(probes, args.out or os.path.join(args.workdir, "analysis")):
+      print(path)
+    print(f"{args.split} probes: {json.dumps(probes['headline'])}")
+  elif args.workdir:
     sigmas = tuple(float(s) for s in args.sigmas.split(",") if s)
     if 0.0 not in sigmas:
       sigmas = (0.0,) + sigmas
