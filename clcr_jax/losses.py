@@ -36,6 +36,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.regression = "l1"       # 'l1' (MAE, MMSA family) | 'mse'. DEFAULT (§8.7)
   c.mix_pairs = ((0, 2),)   # "incompatible" level pairs for L_mix (shallow, deep). DEFAULT
   c.whiten_eps = 1e-5
+  # How the R terms are reduced. 'sum' (the first release): each term is a sum over its pairs
+  # of ||C||_F^2 / d, whose noise floor alone (d / N per pair) is ~10x the task loss at d = 128,
+  # N = 64. 'mean': each term is the mean over its pairs and over the d^2 entries of C^2, so
+  # lambda weighs an average squared correlation in [0, 1] whatever d and the pair count.
+  c.reg_reduction = "sum"
+  # Subtract each entry's expectation 1/N under independence from the 'mean' estimate, so an
+  # independent pair scores ~0 at every batch size (a constant: the gradient is unchanged).
+  c.reg_debias = False
   return c
 
 
@@ -115,8 +123,12 @@ def regulariser_pairs(num_levels: int, num_modalities: int):
 
 
 def regularisers(aux: Mapping[str, Any], valid, mix_pairs=((0, 2),), eps: float = 1e-5,
-                 axis: BatchAxis = BatchAxis()) -> dict[str, jax.Array]:
+                 axis: BatchAxis = BatchAxis(), reduction: str = "sum",
+                 debias: bool = False) -> dict[str, jax.Array]:
   """L_intra, L_pr, L_sp, L_mix from CLCR's aux (zeros where a stream or level is absent).
+
+  reduction='sum': each R term is sum_pairs ||C||_F^2 / d; 'mean': mean over pairs and entries
+  of C^2 (minus 1/N with `debias`, N the number of valid rows of the global batch).
 
   All R terms are computed in one batched contraction over the stacked summaries: one
   standardisation per summary, not per pair, and a small graph to compile.
@@ -139,7 +151,13 @@ def regularisers(aux: Mapping[str, Any], valid, mix_pairs=((0, 2),), eps: float 
         continue
       a, b = (jnp.asarray(i) for i in zip(*pairs))
       c = jnp.einsum("knd,kne->kde", z[a], z[b]) / n
-      terms[name] = axis.share(jnp.sum(c**2) / z.shape[-1])
+      if reduction == "sum":
+        value = jnp.sum(c**2) / z.shape[-1]
+      elif reduction == "mean":
+        value = jnp.mean(c**2) - (1.0 / n if debias else 0.0)
+      else:
+        raise ValueError(f"config.loss.reg_reduction must be 'sum' or 'mean', found {reduction!r}")
+      terms[name] = axis.share(value)
   omega = aux.get("omega")
   pairs = [(a, c) for a, c in mix_pairs if max(a, c) < len(shared)]
   if omega is not None and pairs:
@@ -167,7 +185,8 @@ def total_loss(prediction, aux, batch, loss_config, task: str,
   terms = {"task": task_loss(prediction, batch["label"], valid, task, loss_config.regression,
                              axis)}
   terms.update(regularisers(aux, valid, tuple(loss_config.mix_pairs), loss_config.whiten_eps,
-                            axis))
+                            axis, loss_config.reg_reduction,
+                            loss_config.reg_debias))
   terms["inter"] = terms["pr"] + terms["sp"] + terms["mix"]
   terms["budget"] = axis.share(budget_penalty(aux, loss_config.budget_target))
   total = (terms["task"] + loss_config.lambda_intra * terms["intra"] +

@@ -268,7 +268,8 @@ def _write_json(path: str, obj: Any) -> None:
 # Config fields a resumed run must share with the run that wrote the workdir: the ones that
 # decide the parameters' shapes, the data order or the objective. Epoch count, evaluation and
 # logging may change (e.g. to train longer).
-_RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.train_split", "train.batch_size",
+_RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data.train_split",
+                 "train.batch_size",
                  "train.optimizer")
 
 

@@ -66,7 +66,8 @@ def _loss_config(weights):
       lambda_intra=weights["intra"], lambda_inter=weights["inter"],
       lambda_budget=weights["budget"], budget_target=defaults.budget_target,
       regression=defaults.regression, mix_pairs=tuple(defaults.mix_pairs),
-      whiten_eps=defaults.whiten_eps)
+      whiten_eps=defaults.whiten_eps, reg_reduction=defaults.reg_reduction,
+      reg_debias=defaults.reg_debias)
 
 
 class Trainer:

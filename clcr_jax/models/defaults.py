@@ -48,6 +48,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (§8.4)
   c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (§8.4)
   c.budget.method = "bisection"       # capped-simplex solver: "bisection" (fast) | "sort" (exact)
+  # Token scores a~: 'sigmoid' = sigmoid(kappa (||h_sh|| - theta)) (DEFAULT §8.4), or 'zscore' =
+  # kappa * (||h_sh|| standardised over the row's valid tokens).
+  c.budget.scores = "sigmoid"
+  # 'at_most': sum alpha <= B (never binds while the scores sum below B); 'exactly': sum alpha = B.
+  c.budget.constraint = "at_most"
+
+  c.inter_cad = ml_collections.ConfigDict()
+  # LayerNorm on each pooled summary s_l^m = LN(W mean_t h). DEFAULT (§8.6)
+  c.inter_cad.summary_norm = True
+  # z_sh = scale * sum_m beta_m W_v s_m: 'mean' (scale 1, as the paper writes it; beta sums to 1)
+  # or 'sum' (scale M, so uniform beta gives the sum of the modalities, not their average).
+  c.inter_cad.value_scale = "mean"
 
   # The paper's Table 3 ablations, as switches of this one model.
   c.ablation = ml_collections.ConfigDict()

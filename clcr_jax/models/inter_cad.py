@@ -34,6 +34,7 @@ class Summaries(nn.Module):
   """
   d: int
   num_segments: int = 0
+  norm: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -43,7 +44,7 @@ class Summaries(nn.Module):
     pooled, per_segment = {}, {}
     for m, x in streams.items():
       proj = nn.Dense(self.d, name=f"proj_{m}", **kw)
-      norm = nn.LayerNorm(name=f"norm_{m}", **kw)
+      norm = nn.LayerNorm(name=f"norm_{m}", **kw) if self.norm else (lambda v: v)
       pooled[m] = norm(proj(layers.masked_mean(x, masks[m])))
       if self.num_segments:
         assign = None if segment_assign is None else segment_assign[m]
@@ -66,6 +67,7 @@ class InterCAD(nn.Module):
   d: int
   modalities: Sequence[str]
   aggregate: bool = True
+  value_scale: str = "mean"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -120,7 +122,11 @@ class InterCAD(nn.Module):
       beta = jax.nn.softmax(logits, axis=-1) * (present_f.sum(-1, keepdims=True) > 0)
     else:
       beta = present_f / jnp.maximum(present_f.sum(-1, keepdims=True), 1.0)
-    z_sh = jnp.einsum("bm,bmd->bd", beta.astype(s_stack.dtype), value(s_stack))
+    if self.value_scale not in ("mean", "sum"):
+      raise ValueError("config.model.inter_cad.value_scale must be 'mean' or 'sum', found "
+                       f"{self.value_scale!r}")
+    scale = float(len(mods)) if self.value_scale == "sum" else 1.0
+    z_sh = scale * jnp.einsum("bm,bmd->bd", beta.astype(s_stack.dtype), value(s_stack))
 
     # (c) private gating: eta [B, M].
     if p_bar is not None:
@@ -141,7 +147,7 @@ class InterCAD(nn.Module):
     seg_representation = None
     if seg_s_bar is not None:
       seg_s = jnp.stack([seg_s_bar[m] for m in mods], axis=2)  # [B, S, M, d]
-      seg_z = jnp.einsum("bm,bsmd->bsd", beta.astype(seg_s.dtype), value(seg_s))
+      seg_z = scale * jnp.einsum("bm,bsmd->bsd", beta.astype(seg_s.dtype), value(seg_s))
       if seg_p_bar is not None:
         seg_p = jnp.stack([seg_p_bar[m] for m in mods], axis=2)
         seg_u = jnp.einsum("bm,bsmd->bsd", eta.astype(seg_p.dtype), private_value(seg_p))

@@ -119,6 +119,15 @@ class StiefelBases(nn.Module):
     return u_sh, u_pr
 
 
+def _standardise_over_tokens(e: jax.Array, mask: jax.Array) -> jax.Array:
+  """e [B, T] -> (e - mean) / std over each row's valid tokens (0 on padded tokens)."""
+  w = mask.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(w, -1, keepdims=True), 1.0)
+  mean = jnp.sum(e * w, -1, keepdims=True) / n
+  var = jnp.sum(((e - mean) * w)**2, -1, keepdims=True) / n
+  return (e - mean) * jax.lax.rsqrt(var + 1e-6) * w
+
+
 class TokenBudget(nn.Module):
   """Learnable token budget of one level (spec §8.4).
 
@@ -133,6 +142,8 @@ class TokenBudget(nn.Module):
   theta_init: float = 0.0
   method: str = "bisection"
   dense: bool = False
+  scores: str = "sigmoid"
+  constraint: str = "at_most"
 
   @nn.compact
   def __call__(self, shared, masks):
@@ -150,7 +161,24 @@ class TokenBudget(nn.Module):
       n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
       budget[m] = ratio * n_valid
       e = safe_norm(h.astype(jnp.float32))
-      scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
+      if self.scores == "sigmoid":
+        scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
+      elif self.scores == "zscore":
+        # Energies standardised over the row's valid tokens, so the budget ranks tokens within
+        # the row whatever the scale of h; kappa sets how hard the ranking is.
+        scores = jax.nn.softplus(k) * _standardise_over_tokens(e, mask)
+      else:
+        raise ValueError("config.model.budget.scores must be 'sigmoid' or 'zscore', found "
+                         f"{self.scores!r}")
+      if self.constraint == "exactly":
+        # sum alpha = B exactly: shift every row so that all its valid tokens start saturated
+        # (the 'at most' projection then binds). The projection ignores a uniform shift, so
+        # the shift carries no gradient.
+        low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+        scores = scores - jax.lax.stop_gradient(jnp.where(jnp.isfinite(low), low, 0.0)) + 1.0
+      elif self.constraint != "at_most":
+        raise ValueError("config.model.budget.constraint must be 'at_most' or 'exactly', found "
+                         f"{self.constraint!r}")
       alpha[m] = token_budget.capped_simplex_projection(scores, budget[m], mask, method=self.method)
     return alpha, budget, ratio
 
@@ -209,6 +237,8 @@ class IntraCED(nn.Module):
   train: bool = False  # an attribute, not a call argument, so that nn.vmap over levels works
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  budget_scores: str = "sigmoid"
+  budget_constraint: str = "at_most"
 
   @nn.compact
   def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
@@ -227,6 +257,7 @@ class IntraCED(nn.Module):
     theta = self.theta_init if self.theta_init >= 0 else float(np.sqrt(self.d_shared))
     alpha, budget, ratio = TokenBudget(self.participation_init, self.kappa_init, theta,
                                        self.budget_method, self.dense_budget,
+                                       self.budget_scores, self.budget_constraint,
                                        name="budget")(shared, masks)
     exchanged = {}
     for m in self.modalities:

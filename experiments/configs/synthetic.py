@@ -2,7 +2,8 @@
 
 Launch:
   python -m clcr_jax.main --config=experiments/configs/synthetic.py --workdir=runs/synthetic
-Variants (`:arg`): model=clcr|late_fusion|flat_attention, tiny (a seconds-long smoke setting).
+Variants (`:arg`): model=clcr|late_fusion|flat_attention, tiny (a seconds-long smoke setting),
+generator=default|variant (the variant: 16 classes, see data_pipelines/synthetic.py).
   python -m clcr_jax.main --config=experiments/configs/synthetic.py:model=late_fusion \\
       --workdir=runs/synthetic_late_fusion
 """
@@ -12,7 +13,7 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
-  arg = common.parse_arg(arg, model="clcr", tiny=False)
+  arg = common.parse_arg(arg, model="clcr", tiny=False, generator="default")
   config = common.base_config()
   config.model.name = arg.model
 
@@ -27,6 +28,12 @@ def get_config(arg: str | None = None):
   config.data.global_amplitude = 0.25
   config.data.nuisance_amplitude = 2.0
   config.data.noise = 1.0
+  # 'default' | 'variant' (data_pipelines/synthetic.py: cross-modal parity, private cue, levels).
+  config.data.generator = arg.generator
+  if arg.generator == "variant":  # the variant's levels (its spec defaults) and private cue
+    config.data.event_amplitude = 2.0
+    config.data.global_amplitude = 0.15
+    config.data.cue_amplitude = 0.2
 
   # A CPU-sized model: d = 64 keeps a run to minutes on two cores.
   config.model.d = 64

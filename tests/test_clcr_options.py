@@ -1,0 +1,179 @@
+"""Tests for the estimator, aggregation and budget options chosen in issue 12.
+
+* loss.reg_reduction='mean' (with and without reg_debias) against a float64 numpy reference of
+  the mean squared cross-correlation, and its noise floor for independent data;
+* budget.scores='zscore' with budget.constraint='exactly': every row spends its budget exactly,
+  participation approaches the ratio as kappa grows, and the weights ignore the scale of h;
+* inter_cad.value_scale='sum' is M times 'mean' with the same parameters; summary_norm=False
+  leaves the projected pooled summary un-normalised.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clcr_jax import losses
+from clcr_jax.models import inter_cad
+from clcr_jax.models import intra_ced
+
+
+def _mean_r(x, y, valid):
+  """float64 mean over the d^2 entries of C^2, C the standardised cross-correlation."""
+  x, y = np.asarray(x, np.float64)[valid], np.asarray(y, np.float64)[valid]
+  x = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+  y = (y - y.mean(0)) / np.sqrt(y.var(0) + 1e-5)
+  return np.mean((x.T @ y / len(x))**2)
+
+
+def _aux(rng, n, d, mods=("a", "b", "c"), levels=3, coupled=True):
+  shared = [{m: rng.normal(size=(n, d)).astype(np.float32) for m in mods} for _ in range(levels)]
+  private = [{m: ((0.8 * shared[l][m] if coupled else 0.0) + rng.normal(size=(n, d)))
+              .astype(np.float32) for m in mods} for l in range(levels)]
+  return {"shared": shared, "private": private}
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_mean_reduction_matches_reference(debias):
+  rng = np.random.default_rng(0)
+  n, d = 20, 6
+  aux = _aux(rng, n, d)
+  valid = np.ones(n, bool)
+  valid[[2, 11]] = False
+  terms = losses.regularisers(aux, valid, mix_pairs=(), reduction="mean", debias=debias)
+  s, p, mods, levels = aux["shared"], aux["private"], ("a", "b", "c"), range(3)
+  intra = [_mean_r(p[l][a], p[l][b], valid) for l in levels
+           for a, b in itertools.combinations(mods, 2)]
+  intra += [_mean_r(p[l][m], s[l][m], valid) for l in levels for m in mods]
+  pr = [_mean_r(p[l][m], p[k][m], valid) for m in mods for l, k in itertools.combinations(levels, 2)]
+  sp = [_mean_r(s[l][m], p[k][m], valid) for m in mods for l in levels for k in levels if l != k]
+  shift = 1.0 / valid.sum() if debias else 0.0
+  for name, ref in (("intra", intra), ("pr", pr), ("sp", sp)):
+    np.testing.assert_allclose(float(terms[name]), np.mean(ref) - shift, rtol=1e-4, atol=1e-7)
+
+
+def test_mean_reduction_is_about_zero_for_independent_summaries_at_any_width():
+  rng = np.random.default_rng(1)
+  for d in (8, 64):
+    aux = _aux(rng, 256, d, coupled=False)
+    raw = losses.regularisers(aux, np.ones(256, bool), mix_pairs=(), reduction="mean")
+    fixed = losses.regularisers(aux, np.ones(256, bool), mix_pairs=(), reduction="mean",
+                                debias=True)
+    # Without the correction the floor is 1/N; with it, the estimate is centred on 0.
+    np.testing.assert_allclose(float(raw["pr"]), 1 / 256, rtol=0.2)
+    assert abs(float(fixed["pr"])) < 0.2 / 256
+  coupled = losses.regularisers(_aux(rng, 256, 8), np.ones(256, bool), mix_pairs=(),
+                                reduction="mean", debias=True)
+  # Coupled shared-private pairs: diagonal r^2 = 0.39 over d = 8 entries, half the pairs.
+  np.testing.assert_allclose(float(coupled["intra"]), 0.39 / 8 / 2, rtol=0.25)
+
+
+def test_unknown_reduction_is_refused():
+  rng = np.random.default_rng(2)
+  with pytest.raises(ValueError, match="reg_reduction"):
+    losses.regularisers(_aux(rng, 8, 3), np.ones(8, bool), reduction="max")
+
+
+def _budget(**kw):
+  return intra_ced.TokenBudget(participation_init=kw.pop("ratio", 0.5),
+                               kappa_init=kw.pop("kappa", 2.0), theta_init=1.0,
+                               scores="zscore", constraint="exactly", **kw)
+
+
+def _tokens(rng, b=4, t=40, d=8):
+  h = {"a": rng.normal(size=(b, t, d)).astype(np.float32),
+       "b": rng.normal(size=(b, t // 2, d)).astype(np.float32)}
+  masks = {"a": np.arange(t)[None] < np.array([t, 30, 25, t])[:, None],
+           "b": np.ones((b, t // 2), bool)}
+  return h, masks
+
+
+def test_exact_budget_is_spent_and_participation_follows_kappa():
+  rng = np.random.default_rng(3)
+  h, masks = _tokens(rng)
+  part = {}
+  for kappa in (1.0, 8.0):
+    module = _budget(kappa=kappa, ratio=0.4)
+    (alpha, budget, ratio), _ = module.init_with_output(jax.random.key(0), h, masks)
+    for m in h:
+      a = np.asarray(alpha[m])
+      assert np.all(a[~masks[m]] == 0) and np.all((a >= 0) & (a <= 1))
+      np.testing.assert_allclose(a.sum(-1), 0.4 * masks[m].sum(-1), rtol=1e-4)
+      np.testing.assert_allclose(np.asarray(budget[m]), 0.4 * masks[m].sum(-1), rtol=1e-6)
+    part[kappa] = np.mean([((np.asarray(alpha[m]) > 0) & masks[m]).sum() / masks[m].sum()
+                           for m in h])
+  # A soft ranking spreads the budget over most tokens; a steep one admits about 40 %.
+  assert part[1.0] > 0.5 and 0.4 <= part[8.0] < 0.46
+
+
+def test_zscore_scores_ignore_the_scale_of_the_shared_stream():
+  rng = np.random.default_rng(4)
+  h, masks = _tokens(rng)
+  module = _budget()
+  params = module.init(jax.random.key(0), h, masks)
+  a1 = module.apply(params, h, masks)[0]
+  a2 = module.apply(params, {m: 5.0 * x for m, x in h.items()}, masks)[0]
+  for m in h:
+    np.testing.assert_allclose(np.asarray(a1[m]), np.asarray(a2[m]), atol=2e-5)
+
+
+def test_exact_budget_gradient_reaches_the_scores():
+  rng = np.random.default_rng(5)
+  h, masks = _tokens(rng)
+  module = _budget()
+  params = module.init(jax.random.key(0), h, masks)
+  w = rng.normal(size=h["a"].shape[:2]).astype(np.float32)
+  grad = jax.grad(lambda x: jnp.sum(module.apply(params, {**h, "a": x}, masks)[0]["a"] * w))(
+      jnp.asarray(h["a"]))
+  assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad).sum()) > 0
+  assert float(jnp.abs(grad[~masks["a"]]).sum()) == 0  # padded tokens are not scored
+
+
+def test_budget_options_are_checked():
+  rng = np.random.default_rng(6)
+  h, masks = _tokens(rng)
+  for kw, field in (({"scores": "norm"}, "budget.scores"),
+                    ({"constraint": "equal"}, "budget.constraint")):
+    module = intra_ced.TokenBudget(0.5, 1.0, 1.0, **kw)
+    with pytest.raises(ValueError, match=field):
+      module.init(jax.random.key(0), h, masks)
+
+
+def _inter_cad_inputs(rng, b=5, d=8, mods=("a", "b", "c")):
+  level = lambda: {m: jnp.asarray(rng.normal(size=(b, d)), jnp.float32) for m in mods}
+  present = {m: jnp.ones(b, bool) for m in mods}
+  return [level() for _ in range(3)], [level() for _ in range(3)], present
+
+
+def test_value_scale_sum_is_m_times_mean():
+  rng = np.random.default_rng(7)
+  shared, private, present = _inter_cad_inputs(rng)
+  mean = inter_cad.InterCAD(8, ("a", "b", "c"), value_scale="mean")
+  params = mean.init(jax.random.key(0), shared, private, None, None, present)
+  rep_mean, _, w_mean = mean.apply(params, shared, private, None, None, present)
+  rep_sum, _, w_sum = inter_cad.InterCAD(8, ("a", "b", "c"), value_scale="sum").apply(
+      params, shared, private, None, None, present)
+  np.testing.assert_allclose(np.asarray(rep_sum[:, :8]), 3 * np.asarray(rep_mean[:, :8]),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(rep_sum[:, 8:]), np.asarray(rep_mean[:, 8:]), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(w_sum["beta"]), np.asarray(w_mean["beta"]))
+  with pytest.raises(ValueError, match="value_scale"):
+    inter_cad.InterCAD(8, ("a", "b", "c"), value_scale="max").apply(
+        params, shared, private, None, None, present)
+
+
+def test_summaries_without_norm_are_the_projected_masked_mean():
+  rng = np.random.default_rng(8)
+  x = {"a": jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32)}
+  mask = {"a": jnp.asarray(np.arange(7)[None] < np.array([7, 4, 1])[:, None])}
+  module = inter_cad.Summaries(6, norm=False)
+  params = module.init(jax.random.key(0), x, mask)
+  pooled, _ = module.apply(params, x, mask)
+  kernel = np.asarray(params["params"]["proj_a"]["kernel"], np.float64)
+  bias = np.asarray(params["params"]["proj_a"]["bias"], np.float64)
+  m = np.asarray(mask["a"], np.float64)[..., None]
+  mean = (np.asarray(x["a"], np.float64) * m).sum(1) / m.sum(1)
+  np.testing.assert_allclose(np.asarray(pooled["a"]), mean @ kernel + bias, rtol=1e-5, atol=1e-6)
