@@ -269,8 +269,7 @@ def _write_json(path: str, obj: Any) -> None:
 # decide the parameters' shapes, the data order or the objective. Epoch count, evaluation and
 # logging may change (e.g. to train longer).
 _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data.train_split",
-                 "train.batch_size",
-                 "train.optimizer")
+                 "train.batch_size", "train.optimizer")
 
 
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
