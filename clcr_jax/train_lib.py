@@ -21,6 +21,7 @@ from typing import Any
 
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -233,10 +234,22 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 # The loop
 # ---------------------------------------------------------------------------------------------
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (TPU preemption notice)."""
+  """Turns SIGTERM into a decision, taken between steps, to checkpoint and exit.
 
-  def __init__(self):
+  With several processes the decision must be common: the save is collective, so a process that
+  stops alone waits in it for peers that have stepped on, and both hang. A preemption notice
+  reaches hosts at different steps, so every `check_every` steps, the same steps on all of them,
+  the processes all-gather their flags and stop together when any one is set. One process
+  decides from its own flag at every step.
+  """
+
+  def __init__(self, check_every: int):
+    if check_every < 1:
+      raise ValueError("config.checkpoint.preemption_check_every_steps must be at least 1, "
+                       f"found {check_every}")
+    self.check_every = check_every
     self.requested = False
+    self.by_processes: list[int] = []
     self._previous = None
 
   def __enter__(self):
@@ -248,6 +261,17 @@ class _Preemption:
     del signum, frame
     logging.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
     self.requested = True
+
+  def stop_after(self, step: int) -> bool:
+    """Whether to checkpoint `step` and exit; the same answer on every process."""
+    if jax.process_count() == 1:
+      self.by_processes = [0] if self.requested else []
+      return self.requested
+    if step % self.check_every:
+      return False
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    self.by_processes = [int(p) for p in np.flatnonzero(flags)]
+    return bool(self.by_processes)
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -423,13 +447,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending: list[tuple[int, dict]] = []
   t_start = time.time()
   try:
-    with _Preemption() as preemption:
+    with _Preemption(config.checkpoint.preemption_check_every_steps) as preemption:
+      # Logged once the SIGTERM handler is in place: from here a signal checkpoints the run.
+      logging.info("Training steps %d to %d", start_step + 1, total_steps)
       for step in range(start_step + 1, total_steps + 1):
         batch = next(batches)
         device_state, step_metrics = train_fn(device_state, dp.put_batch(batch), rng)
         pending.append((step, step_metrics))
         is_eval = step % eval_every == 0 or step == total_steps
-        is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
+        is_ckpt = step % ckpt_every == 0 or step == total_steps
         if step % log_every == 0 or is_eval or is_ckpt:
           flush(pending, step)
         if is_eval:
@@ -441,11 +467,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if is_better(result.get(select_metric), meta["best_value"], select_mode):
             meta = {"best_value": float(result[select_metric]), "best_step": step}
             checkpointer.save("best", step, dp.get_state(device_state), meta)
-        if is_ckpt or preemption.requested:  # the signal may have come during this step
+        # Decided after the evaluation, so that a signal during it stops the run at this step.
+        stop = preemption.stop_after(step)
+        if is_ckpt or stop:
+          flush(pending, step)  # the resumed run's log continues after this step
           save_latest(step)
-        if preemption.requested:
+        if stop:
           checkpointer.wait()
-          logging.warning("Checkpointed step %d after SIGTERM; exiting", step)
+          logging.warning("Checkpointed step %d after SIGTERM to process(es) %s; exiting",
+                          step, preemption.by_processes)
           raise SystemExit(143)
   finally:
     # However the loop ends (done, NaN, SIGTERM, Ctrl-C), checkpoints in flight are completed.

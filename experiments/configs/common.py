@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = -1  # -1: once per epoch
   config.checkpoint.asynchronous = True
+  # Multi-host: the processes agree on a SIGTERM (any one of them got it) every this many steps,
+  # with one small all-gather, and all checkpoint that step and exit. One process checks every
+  # step without a collective.
+  config.checkpoint.preemption_check_every_steps = 10
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "jit"      # 'jit' (NamedSharding, multi-host) | 'pmap' (single host)
