@@ -71,8 +71,12 @@ def main(argv):
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir",
                       os.path.join(os.path.expanduser("~"), ".cache", "clcr_jax", "xla"))
-  if config.parallel.multihost or "JAX_COORDINATOR_ADDRESS" in os.environ:
-    jax.distributed.initialize()
+  from clcr_jax import parallel  # pylint: disable=import-outside-toplevel
+  init_args = parallel.distributed_init_args(config.parallel)
+  if init_args is None and "JAX_COORDINATOR_ADDRESS" in os.environ:
+    init_args = {}  # a launcher that sets JAX's variables wants a distributed run
+  if init_args is not None:
+    jax.distributed.initialize(**init_args)
   logging.info("JAX %s on %d devices (%d processes): %s", jax.__version__, jax.device_count(),
                jax.process_count(), jax.devices()[0].device_kind)
   import clcr_jax  # pylint: disable=import-outside-toplevel

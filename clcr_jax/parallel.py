@@ -35,6 +35,45 @@ def make_mesh(mesh_shape) -> Mesh:
   return Mesh(devices.reshape(devices.size), ("data",))
 
 
+def distributed_init_args(parallel_config) -> dict | None:
+  """Keyword arguments for `jax.distributed.initialize` from `config.parallel`, or None when the
+  run is single-process.
+
+  The three launch fields go together: a process given only some of them would either guess the
+  rest from a cluster it may not be on or join a job of the wrong size, so that fails here.
+  None set means auto-detection (TPU pods, SLURM, Open MPI), as `initialize()` does alone.
+  """
+  given = {"coordinator_address": parallel_config.coordinator_address != "",
+           "num_processes": parallel_config.num_processes != 0,
+           "process_id": parallel_config.process_id != -1}
+  if any(given.values()) and not all(given.values()):
+    found = ", ".join(f"{k}={parallel_config[k]!r}" + ("" if given[k] else " (unset)")
+                      for k in given)
+    raise ValueError(
+        "config.parallel.coordinator_address, num_processes and process_id are set together or "
+        f"not at all (unset: JAX detects the cluster); found {found}")
+  if not parallel_config.multihost:
+    if any(given.values()):
+      raise ValueError("config.parallel.coordinator_address/num_processes/process_id are set "
+                       "but config.parallel.multihost=False; add "
+                       "--config.parallel.multihost=True")
+    return None
+  if not any(given.values()):
+    return {}
+  address, n, pid = (parallel_config.coordinator_address, parallel_config.num_processes,
+                     parallel_config.process_id)
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError("config.parallel.coordinator_address must be host:port (process 0's "
+                     f"address, e.g. 10.0.0.1:1234), found {address!r}")
+  if n < 1:
+    raise ValueError(f"config.parallel.num_processes must be at least 1, found {n}")
+  if not 0 <= pid < n:
+    raise ValueError(f"config.parallel.process_id must be in [0, {n - 1}] "
+                     f"(num_processes={n}), found {pid}")
+  return {"coordinator_address": address, "num_processes": n, "process_id": pid}
+
+
 def check_batch_size(global_batch_size: int, what: str = "train.batch_size") -> None:
   n = jax.device_count()
   if global_batch_size % n:

@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.parallel.mode = "jit"      # 'jit' (NamedSharding, multi-host) | 'pmap' (single host)
   config.parallel.mesh_shape = (-1,)  # devices on the 'data' axis; -1: all
   config.parallel.multihost = False   # call jax.distributed.initialize() at launch
+  # jax.distributed.initialize's arguments: all three, or none to let JAX detect the cluster
+  # (TPU pods, SLURM, Open MPI). '' / 0 / -1 mean unset.
+  config.parallel.coordinator_address = ""  # host:port of process 0, reachable from all hosts
+  config.parallel.num_processes = 0
+  config.parallel.process_id = -1
 
   config.logging = ml_collections.ConfigDict()
   config.logging.tensorboard = True
