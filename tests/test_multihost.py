@@ -7,15 +7,23 @@ batches a one-process run sees. The reference is therefore one process with 8 de
 the same train step on the same *global* batches (both processes' local batches, concatenated in
 process order). The two-process run must match it step by step.
 
-Workers: tests/multihost_worker.py. Both tests share one two-process run.
+Workers: tests/multihost_worker.py. The first two tests share one two-process run.
+
+The CLI tests at the end launch `python -m clcr_jax.main` twice with the launch fields
+(config.parallel.coordinator_address, num_processes, process_id), 2 CPU devices each, and
+preempt one process with SIGTERM: both must checkpoint one common step and exit, and the
+relaunched pair must finish as an uninterrupted pair does.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -36,11 +44,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(devices_per_process: int = 4) -> dict[str, str]:
   env = os.environ.copy()
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=4"])
+  env["XLA_FLAGS"] = " ".join(
+      flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
   env["JAX_PLATFORMS"] = "cpu"
   for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(var, None)
@@ -200,3 +209,146 @@ def test_latest_and_best_checkpoints_of_one_step_save_together_on_two_processes(
     # max_to_keep=1: only the newest step is left, and no unfinished temporary folder.
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / which).iterdir()) == [
         str(last)], which
+
+
+def _parallel_config(**fields):
+  from experiments.configs import common  # pylint: disable=import-outside-toplevel
+  config = common.base_config().parallel
+  config.update(fields)
+  return config
+
+
+def test_launch_fields_are_passed_to_jax_distributed_all_or_none():
+  from clcr_jax import parallel  # pylint: disable=import-outside-toplevel
+  full = {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}
+  assert parallel.distributed_init_args(_parallel_config(multihost=True, **full)) == full
+  # Unset: JAX detects the cluster; single-process runs start no distributed runtime.
+  assert parallel.distributed_init_args(_parallel_config(multihost=True)) == {}
+  assert parallel.distributed_init_args(_parallel_config()) is None
+  with pytest.raises(ValueError, match=r"set together or not at all.*found "
+                     r"coordinator_address='10.0.0.1:1234', num_processes=2, "
+                     r"process_id=-1 \(unset\)"):
+    parallel.distributed_init_args(_parallel_config(
+        multihost=True, coordinator_address="10.0.0.1:1234", num_processes=2))
+  with pytest.raises(ValueError, match=r"multihost=False; add --config.parallel.multihost=True"):
+    parallel.distributed_init_args(_parallel_config(**full))
+  bad = [({"coordinator_address": "10.0.0.1"}, r"coordinator_address must be host:port.*"
+          r"found '10.0.0.1'"),
+         ({"process_id": 2}, r"process_id must be in \[0, 1\] \(num_processes=2\), found 2"),
+         ({"num_processes": -1, "process_id": 0}, r"num_processes must be at least 1, found -1")]
+  for fields, message in bad:
+    with pytest.raises(ValueError, match=message):
+      parallel.distributed_init_args(_parallel_config(multihost=True, **{**full, **fields}))
+
+
+# -- the CLI on two processes: launch fields and preemption -------------------------------------
+CLI_STEPS = 24  # 6 epochs of the tiny config's 4 steps: time for the SIGTERM to land mid-run
+PREEMPTION_CHECK_EVERY = 2
+STOP_TIMEOUT_S = 180  # from SIGTERM to both processes gone; without agreement they never exit
+
+
+def _start_cli(workdir, logs_prefix):
+  """Two `python -m clcr_jax.main` processes of 2 CPU devices each, joined by the launch
+  fields, on the tiny config; evaluation and the scheduled checkpoint only at the last step."""
+  coordinator = f"127.0.0.1:{_free_port()}"
+  logs = [f"{logs_prefix}_{i}.log" for i in range(2)]
+  procs = []
+  for i in range(2):
+    with open(logs[i], "w") as log:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "clcr_jax.main",
+           f"--config={os.path.join(REPO, 'experiments', 'configs', 'synthetic.py')}:tiny",
+           f"--workdir={workdir}", "--config.data.backend=numpy",
+           f"--config.train.num_epochs={CLI_STEPS // 4}", "--config.train.log_every_steps=1",
+           "--config.eval.every_steps=1000", "--config.checkpoint.every_steps=1000",
+           f"--config.checkpoint.preemption_check_every_steps={PREEMPTION_CHECK_EVERY}",
+           "--config.parallel.multihost=True",
+           f"--config.parallel.coordinator_address={coordinator}",
+           "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"],
+          cwd=REPO, env=_child_env(2), stdout=log, stderr=subprocess.STDOUT))
+  return procs, logs
+
+
+def _logs(logs) -> str:
+  return "\n".join(f"--- {path} (last 4000 chars) ---\n{open(path).read()[-4000:]}"
+                    for path in logs)
+
+
+def _wait_all(procs, logs, timeout_s, what):
+  """Waits for every process; kills them all and fails, with their logs, past the deadline."""
+  deadline = time.monotonic() + timeout_s
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"{what}: still running after {timeout_s} s\n{_logs(logs)}")
+  finally:
+    _kill(procs)
+  return [p.returncode for p in procs]
+
+
+def _kill(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def _run_cli(workdir, logs_prefix):
+  procs, logs = _start_cli(workdir, logs_prefix)
+  codes = _wait_all(procs, logs, TIMEOUT_S, "two-process CLI run")
+  assert codes == [0, 0], _logs(logs)
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f), logs
+
+
+def _train_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if '"split": "train"' in line]
+  return [(r["step"], r["loss/total"]) for r in rows]
+
+
+def test_sigterm_to_one_cli_process_stops_both_at_one_step_and_the_rerun_matches(tmp_path):
+  reference, _ = _run_cli(tmp_path / "reference", str(tmp_path / "reference"))
+  assert reference["final_step"] == CLI_STEPS
+
+  workdir = tmp_path / "run"
+  procs, logs = _start_cli(workdir, str(tmp_path / "run"))
+  # SIGTERM as soon as process 0's handler is in place (before the first step compiles).
+  deadline = time.monotonic() + TIMEOUT_S
+  while f"Training steps 1 to {CLI_STEPS}" not in open(logs[0]).read():
+    if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      _kill(procs)
+      pytest.fail(f"the run did not reach its training loop\n{_logs(logs)}")
+    time.sleep(0.02)
+  procs[0].send_signal(signal.SIGTERM)
+  codes = _wait_all(procs, logs, STOP_TIMEOUT_S, "after SIGTERM to process 0")
+  assert codes == [143, 143], _logs(logs)
+  # Both checkpointed the same step, a step of the agreement, and named who was signalled.
+  stopped = [re.findall(r"Checkpointed step (\d+) after SIGTERM to process\(es\) \[0\]",
+                        open(path).read()) for path in logs]
+  assert len(stopped[0]) == 1 and stopped[0] == stopped[1], _logs(logs)
+  step = int(stopped[0][0])
+  assert step % PREEMPTION_CHECK_EVERY == 0 and step < CLI_STEPS, _logs(logs)
+  assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == [str(step)]
+  assert not (workdir / "results.json").exists()
+
+  resumed, logs = _run_cli(workdir, str(tmp_path / "rerun"))
+  assert all(re.search(rf"Resumed from \S+ at step {step}\b", open(path).read())
+             for path in logs), _logs(logs)
+  assert resumed == reference
+  # The resumed log holds every step once, with the uninterrupted run's losses.
+  assert _train_rows(workdir) == _train_rows(tmp_path / "reference")
+
+
+def test_cli_stops_at_launch_when_only_some_launch_fields_are_set(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "clcr_jax.main",
+       f"--config={os.path.join(REPO, 'experiments', 'configs', 'synthetic.py')}:tiny",
+       f"--workdir={workdir}", "--config.parallel.multihost=True",
+       "--config.parallel.coordinator_address=127.0.0.1:1234"],
+      cwd=REPO, env=_child_env(2), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "num_processes=0 (unset), process_id=-1 (unset)" in proc.stderr, proc.stderr
+  assert not workdir.exists()
