@@ -177,3 +177,57 @@ def test_summaries_without_norm_are_the_projected_masked_mean():
   m = np.asarray(mask["a"], np.float64)[..., None]
   mean = (np.asarray(x["a"], np.float64) * m).sum(1) / m.sum(1)
   np.testing.assert_allclose(np.asarray(pooled["a"]), mean @ kernel + bias, rtol=1e-5, atol=1e-6)
+
+
+def test_identity_proj_init_passes_the_pooled_features_through():
+  rng = np.random.default_rng(9)
+  x = {m: jnp.asarray(rng.normal(size=(3, 7, 4)), jnp.float32) for m in ("a", "b")}
+  lengths = np.array([7, 3, 1])
+  mask = {m: jnp.asarray(np.arange(7)[None] < lengths[:, None]) for m in x}
+  module = inter_cad.Summaries(6, norm=False, proj_init="identity")
+  pooled, _ = module.apply(module.init(jax.random.key(0), x, mask), x, mask)
+  for m in x:
+    valid = np.arange(7)[None] < lengths[:, None]
+    mean = np.stack([np.asarray(x[m], np.float64)[i, valid[i]].mean(0) for i in range(3)])
+    # [B, 4] embedded in the first 4 of 6 outputs, the last two zero.
+    np.testing.assert_allclose(np.asarray(pooled[m]), np.pad(mean, ((0, 0), (0, 2))),
+                               rtol=1e-5, atol=1e-6)
+  # Without aggregation (uniform beta, eta = 1) and identity W_v, W_u, the representation is
+  # [sum_m mean_l s_l^m ; sum_m mean_l p_l^m] with value_scale='sum'.
+  shared, private, present = _inter_cad_inputs(rng)
+  cad = inter_cad.InterCAD(8, ("a", "b", "c"), aggregate=False, value_scale="sum",
+                           proj_init="identity")
+  rep, _, _ = cad.apply(cad.init(jax.random.key(0), shared, private, None, None, present),
+                        shared, private, None, None, present)
+  total = lambda levels: sum(np.asarray(lv[m], np.float64) for lv in levels for m in lv) / 3
+  np.testing.assert_allclose(np.asarray(rep), np.concatenate([total(shared), total(private)], -1),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["orthogonal", "lecun"])
+def test_proj_init_kinds(kind):
+  kernel = inter_cad.projection_init(kind)(jax.random.key(1), (16, 16), jnp.float32)
+  gram = np.asarray(kernel.T @ kernel)
+  if kind == "orthogonal":
+    np.testing.assert_allclose(gram, np.eye(16), atol=1e-5)
+  else:  # random: variance 1 / fan_in, far from orthonormal
+    assert abs(np.mean(np.diag(gram)) - 1.0) < 0.5 and np.abs(gram - np.diag(np.diag(gram))).max() > 0.3
+  with pytest.raises(ValueError, match="proj_init"):
+    inter_cad.projection_init("eye")
+
+
+def test_fixed_summary_projection_has_no_parameters_and_pads_the_mean():
+  rng = np.random.default_rng(10)
+  x = {"a": jnp.asarray(rng.normal(size=(2, 5, 3)), jnp.float32)}
+  mask = {"a": jnp.asarray(np.arange(5)[None] < np.array([5, 2])[:, None])}
+  module = inter_cad.Summaries(4, norm=False, proj="fixed")
+  variables = module.init(jax.random.key(0), x, mask)
+  assert not jax.tree_util.tree_leaves(variables)
+  pooled, _ = module.apply(variables, x, mask)
+  xa = np.asarray(x["a"], np.float64)
+  mean = np.stack([xa[0].mean(0), xa[1, :2].mean(0)])
+  np.testing.assert_allclose(np.asarray(pooled["a"]), np.pad(mean, ((0, 0), (0, 1))), rtol=1e-6)
+  with pytest.raises(ValueError, match="width 3 into d = 2"):
+    inter_cad.Summaries(2, proj="fixed").init(jax.random.key(0), x, mask)
+  with pytest.raises(ValueError, match="summary_proj"):
+    inter_cad.Summaries(4, proj="frozen").init(jax.random.key(0), x, mask)

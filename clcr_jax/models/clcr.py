@@ -112,9 +112,11 @@ class CLCR(nn.Module):
     summaries = _vmap_levels(inter_cad.Summaries)
     assign = segment_assignment(h, cfg, num_segments) if num_segments else None
     s, s_seg = summaries(cfg.d, num_segments, cfg.inter_cad.summary_norm, dtype, param_dtype,
+                         cfg.inter_cad.proj_init, cfg.inter_cad.summary_proj,
                          name="shared_summary")(out["shared"], mask_stack, assign)
     if split:
       p, p_seg = summaries(cfg.d, num_segments, cfg.inter_cad.summary_norm, dtype, param_dtype,
+                           cfg.inter_cad.proj_init, cfg.inter_cad.summary_proj,
                            name="private_summary")(out["private"], mask_stack, assign)
 
     per_level = lambda tree, crop: [
@@ -128,7 +130,7 @@ class CLCR(nn.Module):
     present = {m: jnp.any(masks[m], axis=-1) for m in mods}
     representation, seg_representation, weights = inter_cad.InterCAD(
         cfg.d, mods, not cfg.ablation.no_intercad, cfg.inter_cad.value_scale, dtype, param_dtype,
-        name="inter_cad")(
+        cfg.inter_cad.proj_init, name="inter_cad")(
             aux["shared"], aux["private"],
             per_level(s_seg, False) if num_segments else None,
             per_level(p_seg, False) if num_segments and split else None, present)

@@ -60,6 +60,12 @@ def default_config() -> ml_collections.ConfigDict:
   # z_sh = scale * sum_m beta_m W_v s_m: 'mean' (scale 1, as the paper writes it; beta sums to 1)
   # or 'sum' (scale M, so uniform beta gives the sum of the modalities, not their average).
   c.inter_cad.value_scale = "mean"
+  # Kernel init of the summary projections W, W' and of W_v, W_u: 'lecun' (random) |
+  # 'identity' | 'orthogonal' (norm-preserving; inter_cad.projection_init).
+  c.inter_cad.proj_init = "lecun"
+  # The summary map W [w, d]: 'learned' (DEFAULT §8.6) | 'fixed' (the pooled stream zero-padded
+  # to d, no parameters: one learned map fewer between the backbone and the head).
+  c.inter_cad.summary_proj = "learned"
 
   # The paper's Table 3 ablations, as switches of this one model.
   c.ablation = ml_collections.ConfigDict()

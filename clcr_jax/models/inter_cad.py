@@ -13,6 +13,7 @@ tasks the same omega, beta, eta weigh per-segment summaries, giving [B, S, 2d].
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,9 +25,38 @@ from clcr_jax.models import layers
 
 Dtype = Any
 
+PROJ_INITS = ("lecun", "identity", "orthogonal")
+
+
+def projection_init(kind: str):
+  """Kernel initialiser of the summary and value projections (config.model.inter_cad.proj_init).
+
+  'lecun' (flax's Dense default) starts them as random maps; 'identity' ([w, d] -> eye(w, d),
+  the input copied into the first w outputs) and 'orthogonal' start them norm-preserving, so at
+  initialisation the pooled backbone features reach the head unchanged (identity) or rotated.
+  """
+  if kind == "lecun":
+    return nn.initializers.lecun_normal()
+  if kind == "identity":
+    return lambda key, shape, dtype=jnp.float32: jnp.eye(shape[0], shape[1], dtype=dtype)
+  if kind == "orthogonal":
+    return nn.initializers.orthogonal()
+  raise ValueError(f"config.model.inter_cad.proj_init must be one of {PROJ_INITS}, found {kind!r}")
+
+
+def _embed(x: jax.Array, width: int) -> jax.Array:
+  """[..., w] -> [..., width]: x in the first w coordinates, zeros after (w <= width)."""
+  if x.shape[-1] > width:
+    raise ValueError(f"summary_proj='fixed' embeds a stream of width {x.shape[-1]} into "
+                     f"d = {width}; it needs width <= d")
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+
 
 class Summaries(nn.Module):
   """Pooled, projected, normalised summaries of one stream at one level.
+
+  The projection W [w, d] is learned (`proj='learned'`, initialised by `proj_init`) or fixed
+  (`proj='fixed'`: the pooled stream zero-padded to width d, no parameters).
 
   Call: streams {m: [B, T, w]}, masks {m: [B, T]}, optional segment assignments
   {m: [T, S]} (layers.masked_segment_mean) -> {m: [B, d]} (and {m: [B, S, d]} per segment
@@ -37,13 +67,22 @@ class Summaries(nn.Module):
   norm: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  proj_init: str = "lecun"
+  proj: str = "learned"  # 'fixed': no parameters, the input zero-padded to width d (_embed)
 
   @nn.compact
   def __call__(self, streams, masks, segment_assign=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pooled, per_segment = {}, {}
     for m, x in streams.items():
-      proj = nn.Dense(self.d, name=f"proj_{m}", **kw)
+      if self.proj == "learned":
+        proj = nn.Dense(self.d, name=f"proj_{m}", kernel_init=projection_init(self.proj_init),
+                        **kw)
+      elif self.proj == "fixed":
+        proj = functools.partial(_embed, width=self.d)
+      else:
+        raise ValueError("config.model.inter_cad.summary_proj must be 'learned' or 'fixed', "
+                         f"found {self.proj!r}")
       norm = nn.LayerNorm(name=f"norm_{m}", **kw) if self.norm else (lambda v: v)
       pooled[m] = norm(proj(layers.masked_mean(x, masks[m])))
       if self.num_segments:
@@ -70,6 +109,7 @@ class InterCAD(nn.Module):
   value_scale: str = "mean"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  proj_init: str = "lecun"  # W_v and W_u (projection_init)
 
   @nn.compact
   def __call__(self, shared, private, seg_shared, seg_private, present):
@@ -111,7 +151,8 @@ class InterCAD(nn.Module):
 
     # (b) modality selection: beta [B, M] from the global context g.
     s_stack = jnp.stack([s_bar[m] for m in mods], axis=1)  # [B, M, d]
-    value = nn.Dense(self.d, name="select_value", **kw)
+    value = nn.Dense(self.d, name="select_value", kernel_init=projection_init(self.proj_init),
+                     **kw)
     if self.aggregate:
       g = jnp.sum(s_stack * present_f[..., None].astype(s_stack.dtype), 1) / jnp.maximum(
           present_f.sum(-1, keepdims=True), 1.0).astype(s_stack.dtype)
@@ -137,7 +178,8 @@ class InterCAD(nn.Module):
         eta = jax.nn.sigmoid(gate.astype(jnp.float32)) * present_f
       else:
         eta = present_f
-      private_value = nn.Dense(self.d, name="private_value", **kw)
+      private_value = nn.Dense(self.d, name="private_value",
+                               kernel_init=projection_init(self.proj_init), **kw)
       u_pr = jnp.einsum("bm,bmd->bd", eta.astype(p_stack.dtype), private_value(p_stack))
     else:
       eta = jnp.zeros_like(present_f)
