@@ -192,16 +192,23 @@ def test_identity_proj_init_passes_the_pooled_features_through():
     # [B, 4] embedded in the first 4 of 6 outputs, the last two zero.
     np.testing.assert_allclose(np.asarray(pooled[m]), np.pad(mean, ((0, 0), (0, 2))),
                                rtol=1e-5, atol=1e-6)
-  # Without aggregation (uniform beta, eta = 1) and identity W_v, W_u, the representation is
-  # [sum_m mean_l s_l^m ; sum_m mean_l p_l^m] with value_scale='sum'.
+  # Without aggregation (uniform omega, beta; eta = 1) and identity W_v, W_u, the representation
+  # is [sum_m mean_l s_l^m ; sum_m mean_l p_l^m] with value_scale='sum' (the sums over l and, for
+  # the private half, over m scale with level_scale='sum').
   shared, private, present = _inter_cad_inputs(rng)
-  cad = inter_cad.InterCAD(8, ("a", "b", "c"), aggregate=False, value_scale="sum",
-                           proj_init="identity")
-  rep, _, _ = cad.apply(cad.init(jax.random.key(0), shared, private, None, None, present),
-                        shared, private, None, None, present)
-  total = lambda levels: sum(np.asarray(lv[m], np.float64) for lv in levels for m in lv) / 3
-  np.testing.assert_allclose(np.asarray(rep), np.concatenate([total(shared), total(private)], -1),
-                             rtol=1e-5, atol=1e-5)
+  for level_scale, per_level in (("mean", 1 / 3), ("sum", 1.0)):
+    cad = inter_cad.InterCAD(8, ("a", "b", "c"), aggregate=False, value_scale="sum",
+                             proj_init="identity", level_scale=level_scale)
+    rep, _, _ = cad.apply(cad.init(jax.random.key(0), shared, private, None, None, present),
+                          shared, private, None, None, present)
+    total = lambda levels: per_level * sum(np.asarray(lv[m], np.float64) for lv in levels
+                                           for m in lv)
+    np.testing.assert_allclose(np.asarray(rep),
+                               np.concatenate([total(shared), total(private)], -1),
+                               rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="level_scale"):
+    inter_cad.InterCAD(8, ("a", "b", "c"), level_scale="max").init(
+        jax.random.key(0), shared, private, None, None, present)
 
 
 @pytest.mark.parametrize("kind", ["orthogonal", "lecun"])
@@ -231,3 +238,20 @@ def test_fixed_summary_projection_has_no_parameters_and_pads_the_mean():
     inter_cad.Summaries(2, proj="fixed").init(jax.random.key(0), x, mask)
   with pytest.raises(ValueError, match="summary_proj"):
     inter_cad.Summaries(4, proj="frozen").init(jax.random.key(0), x, mask)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_stiefel_bases_learn_only_when_trainable(trainable):
+  module = intra_ced.StiefelBases(6, 2, 3, ("a", "b"), trainable=trainable)
+  params = module.init(jax.random.key(0))
+  target = jnp.asarray(np.random.default_rng(11).normal(size=(6, 2)), jnp.float32)
+  loss = lambda p: jnp.sum(module.apply(p)[0] * target) + jnp.sum(module.apply(p)[1]["a"][:, :2] * target)
+  grads = jax.grad(loss)(params)["params"]
+  norms = {k: float(jnp.abs(g).max()) for k, g in grads.items()}
+  if trainable:
+    assert norms["w_shared"] > 1e-3 and norms["w_private_a"] > 1e-3
+  else:
+    assert all(v == 0.0 for v in norms.values())
+  u_sh, u_pr = module.apply(params)  # orthonormal and orthogonal to each other either way
+  np.testing.assert_allclose(np.asarray(u_sh.T @ u_pr["b"]), 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(u_pr["a"].T @ u_pr["a"]), np.eye(3), atol=1e-5)

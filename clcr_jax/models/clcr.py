@@ -108,7 +108,8 @@ class CLCR(nn.Module):
         cfg.budget.participation_init, cfg.budget.kappa_init, cfg.budget.theta_init,
         cfg.budget.method, cfg.ablation.dense_budget, cfg.private_ffn, cfg.attention, train,
         dtype, param_dtype, budget_scores=cfg.budget.scores,
-        budget_constraint=cfg.budget.constraint, name="intra_ced")(h_stack, mask_stack)
+        budget_constraint=cfg.budget.constraint, bases_trainable=cfg.stiefel_trainable,
+        name="intra_ced")(h_stack, mask_stack)
     summaries = _vmap_levels(inter_cad.Summaries)
     assign = segment_assignment(h, cfg, num_segments) if num_segments else None
     s, s_seg = summaries(cfg.d, num_segments, cfg.inter_cad.summary_norm, dtype, param_dtype,
@@ -130,7 +131,7 @@ class CLCR(nn.Module):
     present = {m: jnp.any(masks[m], axis=-1) for m in mods}
     representation, seg_representation, weights = inter_cad.InterCAD(
         cfg.d, mods, not cfg.ablation.no_intercad, cfg.inter_cad.value_scale, dtype, param_dtype,
-        cfg.inter_cad.proj_init, name="inter_cad")(
+        cfg.inter_cad.proj_init, cfg.inter_cad.level_scale, name="inter_cad")(
             aux["shared"], aux["private"],
             per_level(s_seg, False) if num_segments else None,
             per_level(p_seg, False) if num_segments and split else None, present)

@@ -30,6 +30,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_heads = 4                 # DEFAULT (§8.2): 4 for d=128, 8 for d=512
   c.dropout = 0.1                 # DEFAULT (§8.2)
   c.ffn_mult = 2                  # exchange FFN hidden = ffn_mult * width. DEFAULT (§8.5)
+  # Whether the Stiefel split U_sh, U_pr,m learns (DEFAULT) or stays at its random orthonormal
+  # initialisation (a fixed split; the layers around it still learn).
+  c.stiefel_trainable = True
   c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
   c.max_len = 0                   # positional table length; 0 -> length seen at init
   c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)
@@ -60,6 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
   # z_sh = scale * sum_m beta_m W_v s_m: 'mean' (scale 1, as the paper writes it; beta sums to 1)
   # or 'sum' (scale M, so uniform beta gives the sum of the modalities, not their average).
   c.inter_cad.value_scale = "mean"
+  # s-_m = scale * sum_l omega_l s_l^m: 'mean' (scale 1; omega sums to 1) or 'sum' (scale L).
+  c.inter_cad.level_scale = "mean"
   # Kernel init of the summary projections W, W' and of W_v, W_u: 'lecun' (random) |
   # 'identity' | 'orthogonal' (norm-preserving; inter_cad.projection_init).
   c.inter_cad.proj_init = "lecun"

@@ -110,6 +110,7 @@ class InterCAD(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   proj_init: str = "lecun"  # W_v and W_u (projection_init)
+  level_scale: str = "mean"  # 'sum': s-_m = L sum_l omega_l s_l^m (uniform omega: the sum)
 
   @nn.compact
   def __call__(self, shared, private, seg_shared, seg_private, present):
@@ -136,10 +137,15 @@ class InterCAD(nn.Module):
     else:
       omega = jnp.full((batch, num_levels), 1.0 / num_levels, jnp.float32)
 
+    if self.level_scale not in ("mean", "sum"):
+      raise ValueError("config.model.inter_cad.level_scale must be 'mean' or 'sum', found "
+                       f"{self.level_scale!r}")
+    level_weight = omega * (float(num_levels) if self.level_scale == "sum" else 1.0)
+
     def over_levels(per_level, segment):
       if per_level is None:
         return None
-      w = omega[:, None, :, None] if segment else omega[:, :, None]
+      w = level_weight[:, None, :, None] if segment else level_weight[:, :, None]
       out = {}
       for m in mods:
         stacked = jnp.stack([per_level[level][m] for level in range(num_levels)], axis=-2)

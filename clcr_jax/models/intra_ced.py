@@ -102,19 +102,22 @@ class StiefelBases(nn.Module):
   d_shared: int
   d_private: int
   modalities: Sequence[str]
+  trainable: bool = True  # False: the bases stay at their (random orthonormal) initial value
 
   @nn.compact
   def __call__(self):
     if self.d_shared + self.d_private > self.d:
       raise ValueError(f"d_shared + d_private = {self.d_shared + self.d_private} exceeds d = {self.d}")
     init = nn.initializers.orthogonal()
-    u_sh = orthonormal_columns(self.param("w_shared", init, (self.d, self.d_shared)))
+    param = lambda name, shape: (self.param(name, init, shape) if self.trainable
+                                 else jax.lax.stop_gradient(self.param(name, init, shape)))
+    u_sh = orthonormal_columns(param("w_shared", (self.d, self.d_shared)))
     complement = jnp.eye(self.d) - u_sh @ u_sh.T
     # Projected twice: one float32 projection leaves a component along U_sh of order
     # eps * ||W_pr||, which QR amplifies where the projected columns are short; after the second
     # it is of order eps * ||projected W_pr|| ("twice is enough"), so U_sh^T U_pr stays ~1e-7.
-    u_pr = {m: orthonormal_columns(complement @ (complement @ self.param(
-                f"w_private_{m}", init, (self.d, self.d_private))))
+    u_pr = {m: orthonormal_columns(complement @ (complement @ param(
+                f"w_private_{m}", (self.d, self.d_private))))
             for m in self.modalities}
     return u_sh, u_pr
 
@@ -239,6 +242,7 @@ class IntraCED(nn.Module):
   param_dtype: Dtype = jnp.float32
   budget_scores: str = "sigmoid"
   budget_constraint: str = "at_most"
+  bases_trainable: bool = True
 
   @nn.compact
   def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
@@ -250,7 +254,7 @@ class IntraCED(nn.Module):
               "ratio": jnp.ones((), jnp.float32)}
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     u_sh, u_pr = StiefelBases(self.d, self.d_shared, self.d_private, tuple(self.modalities),
-                              name="bases")()
+                              self.bases_trainable, name="bases")()
     shared = {m: h[m] @ u_sh.astype(h[m].dtype) for m in self.modalities}
     private = {m: h[m] @ u_pr[m].astype(h[m].dtype) for m in self.modalities}
     # For LayerNormed h, ||h U_sh|| is about sqrt(d_sh) at init: the default threshold sits there.
