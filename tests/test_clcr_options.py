@@ -255,3 +255,25 @@ def test_stiefel_bases_learn_only_when_trainable(trainable):
   u_sh, u_pr = module.apply(params)  # orthonormal and orthogonal to each other either way
   np.testing.assert_allclose(np.asarray(u_sh.T @ u_pr["b"]), 0.0, atol=1e-6)
   np.testing.assert_allclose(np.asarray(u_pr["a"].T @ u_pr["a"]), np.eye(3), atol=1e-5)
+
+
+def test_pre_norm_exchange_is_the_identity_residual_when_nothing_is_added():
+  rng = np.random.default_rng(12)
+  q = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  pool = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
+  pool_mask = jnp.ones((2, 6), bool)
+  alpha = jnp.zeros((2, 5), jnp.float32)
+  block = intra_ced.SharedExchange(2, dropout=0.0, norm="pre")
+  params = block.init(jax.random.key(0), q, alpha, pool, pool_mask, train=False)
+  # With alpha = 0 no message arrives; zeroing the FFN's output layer leaves x + 0 = x, which
+  # the post-norm block (LN(x)) does not.
+  fc2 = params["params"]["ffn"]["fc2"]
+  params["params"]["ffn"]["fc2"] = jax.tree_util.tree_map(jnp.zeros_like, fc2)
+  out = block.apply(params, q, alpha, pool, pool_mask, train=False)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(q), atol=1e-6)
+  post = intra_ced.SharedExchange(2, dropout=0.0, norm="post")
+  out_post = post.apply(params, q, alpha, pool, pool_mask, train=False)
+  assert np.abs(np.asarray(out_post) - np.asarray(q)).max() > 0.1
+  with pytest.raises(ValueError, match="exchange_norm"):
+    intra_ced.SharedExchange(2, norm="sandwich").init(jax.random.key(0), q, alpha, pool,
+                                                      pool_mask, train=False)

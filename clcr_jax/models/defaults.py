@@ -33,6 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Whether the Stiefel split U_sh, U_pr,m learns (DEFAULT) or stays at its random orthonormal
   # initialisation (a fixed split; the layers around it still learn).
   c.stiefel_trainable = True
+  # The exchange block's norms: 'post' LN(x + f(x)) (DEFAULT §8.5) | 'pre' x + f(LN(x)).
+  c.exchange_norm = "post"
   c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
   c.max_len = 0                   # positional table length; 0 -> length seen at init
   c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)

@@ -198,19 +198,27 @@ class SharedExchange(nn.Module):
   attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # 'post': LN(x + sublayer(x)) (DEFAULT §8.5); 'pre': x + sublayer(LN(x)), so the stream passes
+  # through the block on an identity residual and only the sublayers' outputs are added to it.
+  norm: str = "post"
 
   @nn.compact
   def __call__(self, query, alpha, pool, pool_mask, *, train: bool):
+    if self.norm not in ("post", "pre"):
+      raise ValueError(f"config.model.exchange_norm must be 'post' or 'pre', found {self.norm!r}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = query.shape[-1]
+    pre = self.norm == "pre"
+    norm1, norm2 = nn.LayerNorm(name="norm1", **kw), nn.LayerNorm(name="norm2", **kw)
     msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
-                                    **kw)(query, pool, pool_mask)
+                                    **kw)(norm1(query) if pre else query, pool, pool_mask)
     msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
         alpha[..., None].astype(msg.dtype) * msg)
-    h = nn.LayerNorm(name="norm1", **kw)(query + msg)
-    ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(h, train=train)
+    h = query + msg if pre else norm1(query + msg)
+    ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(
+        norm2(h) if pre else h, train=train)
     ffn = dropout_lib.Dropout(self.dropout, deterministic=not train)(ffn)
-    return nn.LayerNorm(name="norm2", **kw)(h + ffn)
+    return h + ffn if pre else norm2(h + ffn)
 
 
 class IntraCED(nn.Module):
@@ -243,6 +251,7 @@ class IntraCED(nn.Module):
   budget_scores: str = "sigmoid"
   budget_constraint: str = "at_most"
   bases_trainable: bool = True
+  exchange_norm: str = "post"
 
   @nn.compact
   def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
@@ -272,7 +281,7 @@ class IntraCED(nn.Module):
       pool = jnp.concatenate([shared[o] for o in others], axis=1)
       pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
       exchanged[m] = SharedExchange(self.num_heads, self.dropout, self.ffn_mult, self.attention,
-                                    name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool,
+                                    norm=self.exchange_norm, name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool,
                                                                 pool_mask, train=train)
     if self.private_ffn:
       private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(
