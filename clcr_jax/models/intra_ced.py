@@ -109,8 +109,10 @@ class StiefelBases(nn.Module):
     if self.d_shared + self.d_private > self.d:
       raise ValueError(f"d_shared + d_private = {self.d_shared + self.d_private} exceeds d = {self.d}")
     init = nn.initializers.orthogonal()
-    param = lambda name, shape: (self.param(name, init, shape) if self.trainable
-                                 else jax.lax.stop_gradient(self.param(name, init, shape)))
+    def param(name, shape):
+      w = self.param(name, init, shape)
+      return w if self.trainable else jax.lax.stop_gradient(w)
+
     u_sh = orthonormal_columns(param("w_shared", (self.d, self.d_shared)))
     complement = jnp.eye(self.d) - u_sh @ u_sh.T
     # Projected twice: one float32 projection leaves a component along U_sh of order
@@ -281,8 +283,8 @@ class IntraCED(nn.Module):
       pool = jnp.concatenate([shared[o] for o in others], axis=1)
       pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
       exchanged[m] = SharedExchange(self.num_heads, self.dropout, self.ffn_mult, self.attention,
-                                    norm=self.exchange_norm, name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool,
-                                                                pool_mask, train=train)
+                                    norm=self.exchange_norm, name=f"exchange_{m}", **kw)(
+                                        shared[m], alpha[m], pool, pool_mask, train=train)
     if self.private_ffn:
       private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(
           p + layers.MLP(self.ffn_mult * self.d_private, self.d_private, self.dropout,
