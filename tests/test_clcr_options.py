@@ -281,3 +281,28 @@ def test_pre_norm_exchange_is_the_identity_residual_when_nothing_is_added():
   with pytest.raises(ValueError, match="exchange_norm"):
     intra_ced.SharedExchange(2, norm="sandwich").init(jax.random.key(0), q, alpha, pool,
                                                       pool_mask, train=False)
+
+
+def test_zero_init_exchange_starts_as_the_identity_and_then_learns():
+  rng = np.random.default_rng(13)
+  q = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  pool = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
+  pool_mask = jnp.ones((2, 6), bool)
+  alpha = jnp.ones((2, 5), jnp.float32)  # every token receives a message
+  block = intra_ced.SharedExchange(2, dropout=0.0, norm="pre", output_init="zero")
+  params = block.init(jax.random.key(0), q, alpha, pool, pool_mask, train=False)
+  out = block.apply(params, q, alpha, pool, pool_mask, train=False)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(q), atol=1e-6)
+  # The output projections are zero but receive a gradient, so the block does not stay inert.
+  grads = jax.grad(lambda p: jnp.sum(block.apply(p, q, alpha, pool, pool_mask,
+                                                 train=False)**2))(params)["params"]
+  assert float(jnp.abs(grads["attention"]["out"]["kernel"]).max()) > 1e-4
+  assert float(jnp.abs(grads["ffn"]["fc2"]["kernel"]).max()) > 1e-4
+  # The default init adds a message: the output moves away from the query.
+  default = intra_ced.SharedExchange(2, dropout=0.0, norm="pre")
+  out_default = default.apply(default.init(jax.random.key(0), q, alpha, pool, pool_mask,
+                                           train=False), q, alpha, pool, pool_mask, train=False)
+  assert np.abs(np.asarray(out_default) - np.asarray(q)).max() > 0.1
+  with pytest.raises(ValueError, match="exchange_init"):
+    intra_ced.SharedExchange(2, output_init="small").init(jax.random.key(0), q, alpha, pool,
+                                                   pool_mask, train=False)

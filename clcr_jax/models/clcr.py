@@ -109,7 +109,7 @@ class CLCR(nn.Module):
         cfg.budget.method, cfg.ablation.dense_budget, cfg.private_ffn, cfg.attention, train,
         dtype, param_dtype, budget_scores=cfg.budget.scores,
         budget_constraint=cfg.budget.constraint, bases_trainable=cfg.stiefel_trainable,
-        exchange_norm=cfg.exchange_norm,
+        exchange_norm=cfg.exchange_norm, exchange_init=cfg.exchange_init,
         name="intra_ced")(h_stack, mask_stack)
     summaries = _vmap_levels(inter_cad.Summaries)
     assign = segment_assignment(h, cfg, num_segments) if num_segments else None

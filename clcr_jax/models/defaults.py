@@ -35,6 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.stiefel_trainable = True
   # The exchange block's norms: 'post' LN(x + f(x)) (DEFAULT §8.5) | 'pre' x + f(LN(x)).
   c.exchange_norm = "post"
+  # The exchange block's output projections (attention out, FFN fc2): 'default' (lecun normal)
+  # | 'zero' (the block adds nothing at init: with 'pre' norms it starts as the identity).
+  c.exchange_init = "default"
   c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
   c.max_len = 0                   # positional table length; 0 -> length seen at init
   c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)

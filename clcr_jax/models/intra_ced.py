@@ -203,15 +203,24 @@ class SharedExchange(nn.Module):
   # 'post': LN(x + sublayer(x)) (DEFAULT §8.5); 'pre': x + sublayer(LN(x)), so the stream passes
   # through the block on an identity residual and only the sublayers' outputs are added to it.
   norm: str = "post"
+  # 'default': lecun-normal output projections; 'zero': the attention's and the FFN's output
+  # projections start at zero, so at initialisation the sublayers add nothing to the stream.
+  output_init: str = "default"
 
   @nn.compact
   def __call__(self, query, alpha, pool, pool_mask, *, train: bool):
     if self.norm not in ("post", "pre"):
       raise ValueError(f"config.model.exchange_norm must be 'post' or 'pre', found {self.norm!r}")
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.output_init not in ("default", "zero"):
+      raise ValueError("config.model.exchange_init must be 'default' or 'zero', found "
+                       f"{self.output_init!r}")
+    out_init = (nn.initializers.zeros if self.output_init == "zero"
+                else nn.initializers.lecun_normal())
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, out_kernel_init=out_init)
     width = query.shape[-1]
     pre = self.norm == "pre"
-    norm1, norm2 = nn.LayerNorm(name="norm1", **kw), nn.LayerNorm(name="norm2", **kw)
+    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm1, norm2 = nn.LayerNorm(name="norm1", **norm_kw), nn.LayerNorm(name="norm2", **norm_kw)
     msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
                                     **kw)(norm1(query) if pre else query, pool, pool_mask)
     msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
@@ -254,6 +263,7 @@ class IntraCED(nn.Module):
   budget_constraint: str = "at_most"
   bases_trainable: bool = True
   exchange_norm: str = "post"
+  exchange_init: str = "default"
 
   @nn.compact
   def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
@@ -283,7 +293,8 @@ class IntraCED(nn.Module):
       pool = jnp.concatenate([shared[o] for o in others], axis=1)
       pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
       exchanged[m] = SharedExchange(self.num_heads, self.dropout, self.ffn_mult, self.attention,
-                                    norm=self.exchange_norm, name=f"exchange_{m}", **kw)(
+                                    norm=self.exchange_norm, output_init=self.exchange_init,
+                                    name=f"exchange_{m}", **kw)(
                                         shared[m], alpha[m], pool, pool_mask, train=train)
     if self.private_ffn:
       private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(

@@ -113,6 +113,7 @@ class MultiHeadAttention(nn.Module):
   implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  out_kernel_init: Any = nn.initializers.lecun_normal()  # zeros: the block outputs 0 at init
 
   @nn.compact
   def __call__(self, queries, keys_values, key_mask):
@@ -127,7 +128,8 @@ class MultiHeadAttention(nn.Module):
     v = proj("value")(keys_values)
     out = dot_product_attention(q, k, v, key_mask, self.implementation)
     return nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="out")(out)
+                           param_dtype=self.param_dtype, kernel_init=self.out_kernel_init,
+                           name="out")(out)
 
 
 class MLP(nn.Module):
@@ -137,13 +139,15 @@ class MLP(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  out_kernel_init: Any = nn.initializers.lecun_normal()  # of fc2
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
     x = nn.gelu(x)
     x = dropout_lib.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(x)
+    return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=self.out_kernel_init, name="fc2")(x)
 
 
 class PositionalEmbedding(nn.Module):
