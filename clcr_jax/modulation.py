@@ -111,7 +111,7 @@ def modulate(grads, coeff, key, mode: str, active):
 
 def apply(train_config, grads, aux, batch, key, step, steps_per_epoch: int, axis=None):
   """The train step's hook: (grads, metrics). No-op for train.modulation='none'."""
-  mode = train_config.modulation
+  mode = train_config.get("modulation", "none")  # configs built without the field: none
   if mode == "none":
     return grads, {}
   if aux.get("unimodal_logits") is None:
