@@ -337,6 +337,14 @@ def test_one_training_run_per_baseline(tmp_path, name):
     coeffs = [train_rows[-1][f"modulation/coeff_{m}"] for m in TWO_MODALITIES]
     assert min(coeffs) < 1.0 and max(coeffs) <= 1.0
   assert os.path.isdir(tmp_path / "checkpoints" / "latest")
+  if name in ("misa", "ogm_ge"):  # resume from the orbax checkpoint and train one step more
+    longer = tiny_config(name)
+    longer.train.max_steps = 3
+    resumed = clcr_jax.train_and_evaluate(longer, str(tmp_path))
+    assert resumed["final_step"] == 3
+    with open(tmp_path / "metrics.jsonl") as f:
+      steps = [r["step"] for r in map(json.loads, f) if "loss/total" in r]
+    assert steps[-1] == 3 and 3 not in steps[:-1]
 
 
 def _one_step(config, mode: str):

@@ -130,7 +130,7 @@ def test_print_commands_for_a_cluster_and_a_tpu_pod(tmp_path):
                         "--print_commands", "--config.data.root=/data/MOSI"],
                        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
   lines = [l for l in out.stdout.splitlines() if not l.startswith("#")]
-  assert len(lines) == 15
+  assert len(lines) == 30  # 6 points that apply to MOSI x 5 seeds
   first = shlex.split(lines[0])
   assert first[:4] == ["python", "-m", "clcr_jax.main", "--config=experiments/configs/mosi.py"]
   assert "--workdir=gs://bucket/clcr/b/model.name=clcr__seed=1111" in first
