@@ -6,6 +6,7 @@
   per modality, d = 512, 8 heads, 6 classes; batch 64 on GPU, 8 on CPU.
 * synthetic: experiments/configs/synthetic.py's model (d = 64, 4 heads, TCN) on the synthetic
   generator's three sequence modalities (audio 48 x 16, text 24 x 24, vision 32 x 12), 8 classes.
+MulT and MBT (BASELINE_VARIANTS) run as JAX variants of each configuration in the CPU table.
 Every configuration trains with the paper's optimiser (SGD momentum 0.9, lr 1e-3, wd 1e-4) in
 both frameworks. Only jax, numpy and ml_collections are imported here.
 """
@@ -21,6 +22,9 @@ from clcr_jax import losses
 from clcr_jax import models
 
 NAMES = ("mosi", "cremad", "synthetic")
+# The field's fusion baselines timed next to CLCR in the CPU table (run.py --baselines): JAX
+# variants of the same configuration (same backbones, batch and optimiser), model.name only.
+BASELINE_VARIANTS = (("mult", {"name": "mult"}), ("mbt", {"name": "mbt"}))
 
 
 @dataclasses.dataclass
@@ -55,6 +59,7 @@ def train_config(steps_per_epoch: int) -> ml_collections.ConfigDict:
   t.decay_factor = 0.1
   t.warmup_steps = 0
   t.grad_clip_norm = 0.0
+  t.modulation = "none"
   t.total_steps = 100 * steps_per_epoch
   t.steps_per_epoch = steps_per_epoch
   return t

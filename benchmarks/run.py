@@ -19,7 +19,9 @@ large bf16 matmul and reports the train step's MFU against it. In CPU mode with
 Model-config variants of the JAX side are named with --jax-variant, e.g.
   --jax-variant 'xla_attn:attention=xla' --jax-variant 'sort:budget.method=sort'
   --jax-variant 'no_proj:ablation.dense_budget=True' (the step without the budget projection)
-Values are parsed as Python literals when possible.
+Values are parsed as Python literals when possible. `--baselines 1` (the default on CPU) adds
+MulT and MBT (configs.BASELINE_VARIANTS) as JAX variants, so each table shows what they cost
+next to CLCR at the same batch; they have no PyTorch twin (the torch rows are CLCR's).
 """
 from __future__ import annotations
 
@@ -335,6 +337,8 @@ def main(argv=None) -> int:
   parser.add_argument("--impls", default=",".join(IMPLS))
   parser.add_argument("--jax-variant", action="append", default=[],
                       help="NAME:key=value;key=value (model config overrides); repeatable")
+  parser.add_argument("--baselines", type=int, default=-1,
+                      help="time MulT and MBT next to CLCR (-1: on CPU only)")
   parser.add_argument("--batch", type=int, default=0, help="0: the configuration's default")
   parser.add_argument("--seconds", type=float, default=0.0,
                       help="training time per implementation per round (0: 3 CPU, 1 GPU)")
@@ -360,6 +364,8 @@ def main(argv=None) -> int:
   names = list(configs.NAMES) if args.config == "all" else args.config.split(",")
   dtypes = args.dtype.split(",")
   variants = [("jax", {})] + [parse_variant(v) for v in args.jax_variant]
+  if args.baselines == 1 or (args.baselines == -1 and args.device == "cpu"):
+    variants += [(n, dict(o)) for n, o in configs.BASELINE_VARIANTS]
 
   out = [header(args)]
   print(out[0], flush=True)

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from clcr_jax import baseline_losses
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -175,11 +177,14 @@ def budget_penalty(aux, target: float):
 
 
 def total_loss(prediction, aux, batch, loss_config, task: str,
-               axis: BatchAxis = BatchAxis()) -> tuple[jax.Array, dict[str, jax.Array]]:
+               axis: BatchAxis = BatchAxis(),
+               model_config=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The training objective and its terms (for logging).
 
   Returns (total, {'task', 'intra', 'inter', 'pr', 'sp', 'mix', 'budget', 'total'}); under pmap
-  each value is this device's share, so psum gives the global number.
+  each value is this device's share, so psum gives the global number. A model whose aux carries
+  its own objective's inputs (MISA: aux['misa']) adds its terms, weighted by `model_config`
+  (config.model), e.g. 'misa_sim', 'misa_diff', 'misa_recon'.
   """
   valid = batch["valid"]
   terms = {"task": task_loss(prediction, batch["label"], valid, task, loss_config.regression,
@@ -191,5 +196,13 @@ def total_loss(prediction, aux, batch, loss_config, task: str,
   terms["budget"] = axis.share(budget_penalty(aux, loss_config.budget_target))
   total = (terms["task"] + loss_config.lambda_intra * terms["intra"] +
            loss_config.lambda_inter * terms["inter"] + loss_config.lambda_budget * terms["budget"])
+  if aux.get("misa") is not None:
+    if model_config is None:
+      raise ValueError("aux has MISA's vectors: pass model_config (config.model) to total_loss "
+                       "for the MISA loss weights")
+    mc = model_config.misa
+    terms.update(baseline_losses.misa_terms(aux["misa"], valid, mc.cmd_moments, axis))
+    total = total + (mc.sim_weight * terms["misa_sim"] + mc.diff_weight * terms["misa_diff"] +
+                     mc.recon_weight * terms["misa_recon"])
   terms["total"] = total
   return total, terms

@@ -32,6 +32,7 @@ from clcr_jax import losses
 from clcr_jax import metric_writers
 from clcr_jax import metrics as metrics_lib
 from clcr_jax import models
+from clcr_jax import modulation
 from clcr_jax import optim
 from clcr_jax import parallel
 from data_pipelines import pipeline
@@ -122,12 +123,15 @@ def diagnostics(aux, valid, axis: losses.BatchAxis, modalities) -> dict[str, jax
   return out
 
 
-def make_train_step(model, tx, schedule, config):
+def make_train_step(model, tx, schedule, config, steps_per_epoch: int = 0):
+  """The step function. `steps_per_epoch` is needed by train.modulation (its epoch window)."""
   loss_config, task = config.loss, config.model.task
   modalities = tuple(config.model.modalities.keys())
 
   def train_step(state, batch, rng, axis: losses.BatchAxis):
     rng = jax.random.fold_in(rng, state["step"])
+    # Before the per-device fold: the modulation noise must be the same on every device.
+    modulation_key = jax.random.fold_in(rng, 0x6F676D)
     if axis.name:  # distinct dropout masks per device
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis.name))
 
@@ -136,12 +140,15 @@ def make_train_step(model, tx, schedule, config):
       (prediction, aux), updated = model.apply(
           variables, batch["inputs"], batch["masks"], train=True, rngs={"dropout": rng},
           mutable=["batch_stats"])
-      total, terms = losses.total_loss(prediction, aux, batch, loss_config, task, axis)
+      total, terms = losses.total_loss(prediction, aux, batch, loss_config, task, axis,
+                                       config.model)
       return total, (terms, aux, updated)
 
     (_, (terms, aux, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
     grads, terms = axis.sum(grads), axis.sum(terms)
+    grads, modulation_metrics = modulation.apply(config.train, grads, aux, batch, modulation_key,
+                                                 state["step"], steps_per_epoch, axis)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"params": optax.apply_updates(state["params"], updates),
                  "batch_stats": updated.get("batch_stats", state["batch_stats"]),
@@ -149,6 +156,7 @@ def make_train_step(model, tx, schedule, config):
     out = {f"loss/{k}": v for k, v in terms.items()}
     out["grad_norm"] = optax.tree.norm(grads)
     out["learning_rate"] = schedule(state["step"])
+    out.update(modulation_metrics)
     out.update(diagnostics(aux, batch["valid"], axis, modalities))
     return new_state, out
   return train_step
@@ -293,7 +301,7 @@ def _write_json(path: str, obj: Any) -> None:
 # decide the parameters' shapes, the data order or the objective. Epoch count, evaluation and
 # logging may change (e.g. to train longer).
 _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data.train_split",
-                 "train.batch_size", "train.optimizer")
+                 "train.batch_size", "train.optimizer", "train.modulation", "train.ogm_ge.")
 
 
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -336,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       {k: fingerprint[k] for k in ("dataset", "split_sizes", "known_version")})))
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy we may complete
   config.model = resolve_model_config(config.model, reader)
+  modulation.check_config(config)
   if config.eval.batch_size <= 0:
     config.eval.batch_size = config.train.batch_size
   modalities = tuple(config.model.modalities.keys())
@@ -405,7 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(results_path) as f:
       return json.load(f)
 
-  train_fn = dp.compile_train(make_train_step(model, tx, schedule, config))
+  train_fn = dp.compile_train(make_train_step(model, tx, schedule, config, steps_per_epoch))
   eval_fn = dp.compile_eval(make_eval_step(model))
   evaluator = Evaluator(dp, eval_fn, reader, config, modalities)
   writer = metric_writers.MetricWriter(workdir, enabled=is_main,

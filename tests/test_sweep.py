@@ -96,7 +96,14 @@ def test_benchmark_sweeps_use_the_right_configs_and_seeds():
                                     for b in (0.01, 0.05, 0.1, 0.5, 1.0)}
   base = sweep_lib.load_sweep(os.path.join(SWEEPS, "baselines.py"))
   assert [p.overrides["model.name"] for p in base.points] == [
-      "clcr", "late_fusion", "flat_attention"]
+      "clcr", "late_fusion", "flat_attention", "mult", "mbt", "misa"]
+  assert "OGM-GE" in base.description  # three modalities: left out, and said so
+  av = sweep_lib.load_sweep(os.path.join(SWEEPS, "baselines.py") + ":dataset=cremad")
+  assert av.points[-1].overrides == {"model.name": "late_fusion", "model.fusion_head": "linear",
+                                     "train.modulation": "ogm_ge"}
+  segments = sweep_lib.load_sweep(os.path.join(SWEEPS, "baselines.py") +
+                                  ":dataset=ave,task=segment_classification")
+  assert not {"mult", "mbt", "misa"} & {p.overrides["model.name"] for p in segments.points}
   with pytest.raises(ValueError, match="dataset"):
     sweep_lib.load_sweep(os.path.join(SWEEPS, "ablation.py") + ":dataset=imagenet")
 
@@ -123,7 +130,7 @@ def test_print_commands_for_a_cluster_and_a_tpu_pod(tmp_path):
                         "--print_commands", "--config.data.root=/data/MOSI"],
                        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
   lines = [l for l in out.stdout.splitlines() if not l.startswith("#")]
-  assert len(lines) == 15
+  assert len(lines) == 30  # 6 points that apply to MOSI x 5 seeds
   first = shlex.split(lines[0])
   assert first[:4] == ["python", "-m", "clcr_jax.main", "--config=experiments/configs/mosi.py"]
   assert "--workdir=gs://bucket/clcr/b/model.name=clcr__seed=1111" in first

@@ -6,12 +6,19 @@ import ml_collections
 from clcr_jax.models.baselines import FlatAttention, LateFusion
 from clcr_jax.models.clcr import CLCR
 from clcr_jax.models.defaults import default_config, modality
+from clcr_jax.models.mbt import MBT
+from clcr_jax.models.misa import MISA
+from clcr_jax.models.mult import MulT
 
-MODELS = {"clcr": CLCR, "late_fusion": LateFusion, "flat_attention": FlatAttention}
+MODELS = {"clcr": CLCR, "late_fusion": LateFusion, "flat_attention": FlatAttention,
+          "mult": MulT, "mbt": MBT, "misa": MISA}
 
 
 def build_model(model_config, axis_name: str | None = None):
-  """The Flax module named by `model_config.name` ('clcr', 'late_fusion', 'flat_attention').
+  """The Flax module named by `model_config.name` (a key of MODELS).
+
+  A model with a `check_config` (the baselines) checks there that it applies to the configured
+  modalities and task, so a mismatch fails at launch with the model's name.
 
   Args:
     model_config: the `config.model` block (ConfigDict or FrozenConfigDict).
@@ -23,7 +30,11 @@ def build_model(model_config, axis_name: str | None = None):
   frozen = ml_collections.FrozenConfigDict(model_config)
   if not frozen.modalities:
     raise ValueError("config.model.modalities is empty: name at least one modality")
-  return MODELS[model_config.name](frozen, axis_name=axis_name)
+  cls = MODELS[model_config.name]
+  if hasattr(cls, "check_config"):
+    cls.check_config(frozen)
+  return cls(frozen, axis_name=axis_name)
 
 
-__all__ = ["CLCR", "LateFusion", "FlatAttention", "build_model", "default_config", "modality"]
+__all__ = ["CLCR", "LateFusion", "FlatAttention", "MulT", "MBT", "MISA", "build_model",
+           "default_config", "modality"]

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from clcr_jax.models import mbt
+from clcr_jax.models import misa
+from clcr_jax.models import mult
+
 
 def modality(kind: str, backbone: str = "tcn") -> ml_collections.ConfigDict:
   """One modality's encoder: input layout and backbone (see models/backbones.py)."""
@@ -15,7 +19,8 @@ def modality(kind: str, backbone: str = "tcn") -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.name = "clcr"                 # 'clcr' | 'late_fusion' | 'flat_attention'
+  # 'clcr' | 'late_fusion' | 'flat_attention' | 'mult' | 'mbt' | 'misa' (models/__init__.py)
+  c.name = "clcr"
   # 'classification' | 'regression' | 'segment_classification', or 'auto': from the dataset.
   c.task = "auto"
   c.num_classes = 0               # 0: from the dataset
@@ -84,6 +89,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.ablation.no_intercad = False      # uniform level / modality weights, no private gates
   c.ablation.full_mix = False         # tokens of all levels in one pool
   c.ablation.dense_budget = False     # every valid token exchanges (alpha = 1)
+
+  # The baselines' own hyperparameters, with their reference code's defaults (cited in each
+  # module's docstring). late_fusion / flat_attention head: 'mlp' (TaskHead, DEFAULT) |
+  # 'linear' (one Linear on the concatenation, OGM-GE's classifier; needed by train.modulation).
+  c.fusion_head = "mlp"
+  c.mult = mult.default_config()
+  c.mbt = mbt.default_config()
+  c.misa = misa.default_config()
 
   c.dtype = "float32"             # activations: 'float32' | 'bfloat16'
   c.param_dtype = "float32"

@@ -1,5 +1,8 @@
 """Prediction heads f_theta (spec §8.6: MLP(2d -> d -> out) with GELU and dropout).
 
+`hidden=0` makes the head one Linear layer (the output layers of MulT, MBT, MISA's last layer
+and OGM-GE's concatenation classifier), named 'linear' so a caller can read its kernel.
+
   classification:          [B, 2d]    -> logits [B, C]
   regression (MOSI/MOSEI): [B, 2d]    -> value  [B]
   segment_classification:  [B, S, 2d] -> logits [B, S, C]   (AVE localisation)
@@ -20,7 +23,7 @@ TASKS = ("classification", "regression", "segment_classification")
 class TaskHead(nn.Module):
   task: str
   num_classes: int = 0
-  hidden: int = 128
+  hidden: int = 128            # 0: one Linear layer
   dropout: float = 0.1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -37,7 +40,11 @@ class TaskHead(nn.Module):
     if representation.ndim != expected_rank:
       raise ValueError(f"task {self.task!r} expects a rank-{expected_rank} representation, "
                        f"found shape {representation.shape}")
-    y = layers.MLP(self.hidden, out, self.dropout, self.dtype, self.param_dtype,
-                   name="mlp")(representation, train=train)
+    if self.hidden:
+      y = layers.MLP(self.hidden, out, self.dropout, self.dtype, self.param_dtype,
+                     name="mlp")(representation, train=train)
+    else:
+      y = nn.Dense(out, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="linear")(representation)
     y = y.astype(jnp.float32)  # losses and metrics run in float32
     return y[..., 0] if self.task == "regression" else y

@@ -115,21 +115,27 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   out_kernel_init: Any = nn.initializers.lecun_normal()  # zeros: the block outputs 0 at init
 
-  @nn.compact
-  def __call__(self, queries, keys_values, key_mask):
+  def project(self, queries, keys_values):
+    """q [B, Tq, h, dh], k, v [B, Tk, h, dh] (submodules 'query', 'key', 'value')."""
     if self.features % self.num_heads:
       raise ValueError(f"attention width {self.features} is not divisible by "
                        f"num_heads={self.num_heads}")
     head_dim = self.features // self.num_heads
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
                                         param_dtype=self.param_dtype, name=name)
-    q = proj("query")(queries)
-    k = proj("key")(keys_values)
-    v = proj("value")(keys_values)
-    out = dot_product_attention(q, k, v, key_mask, self.implementation)
+    return proj("query")(queries), proj("key")(keys_values), proj("value")(keys_values)
+
+  def output(self, out):
+    """[B, Tq, h, dh] -> [B, Tq, features] (submodule 'out')."""
     return nn.DenseGeneral(self.features, axis=(-2, -1), dtype=self.dtype,
                            param_dtype=self.param_dtype, kernel_init=self.out_kernel_init,
                            name="out")(out)
+
+  @nn.compact
+  def __call__(self, queries, keys_values, key_mask):
+    q, k, v = self.project(queries, keys_values)
+    out = dot_product_attention(q, k, v, key_mask, self.implementation)
+    return self.output(out)
 
 
 class MLP(nn.Module):

@@ -19,7 +19,7 @@ from ml_collections import config_dict
 
 from experiments.configs import common
 
-MODELS = ("clcr", "late_fusion", "flat_attention")
+MODELS = ("clcr", "late_fusion", "flat_attention", "mult", "mbt", "misa")
 
 
 def data_root(name: str) -> str:

@@ -17,7 +17,7 @@ AVE-ECCV18's per-segment protocol instead.
 Variants (`:arg`, comma-separated):
   task=classification            (default) OGM-GE / PMR / DI-MML / ARL raw-video layout
   task=segment_classification    AVE-ECCV18 h5 features, 29 labels per 1-s segment
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
 Both tasks have AVE's official validation split (valSet.txt / val_order.h5, 402 videos), so
 selection is on validation (never on test): accuracy for classification, per-segment accuracy

@@ -3,7 +3,7 @@
 Launch (no download: the MNIST, FSDD and pairing files ship in ../shared/data):
   python -m clcr_jax.main --config=experiments/configs/avmnist.py --workdir=runs/avmnist
 Variants (`:arg`, comma-separated):
-  model=late_fusion | flat_attention   reference fusions on the same backbones
+  model=late_fusion | flat_attention | mult | mbt | misa   fusions on the same backbones
   audio_backbone=tcn                   a TCN over the spectrogram's time axis instead of ResNet-18
   modalities=image | audio             one modality only (default image+audio); with
                                        model=late_fusion, the unimodal baselines

@@ -11,6 +11,7 @@ import os
 import ml_collections
 
 from clcr_jax import losses
+from clcr_jax import modulation
 from clcr_jax import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 0
   config.train.grad_clip_norm = 0.0  # 0: no clipping
   config.train.log_every_steps = 50
+  # Gradient modulation (clcr_jax/modulation.py): 'none' | 'ogm_ge' | 'ogm' (OGM-GE without the
+  # noise); needs model.name='late_fusion', model.fusion_head='linear' and two modalities.
+  config.train.modulation = "none"
+  config.train.ogm_ge = modulation.default_config()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = -1      # -1: once per epoch

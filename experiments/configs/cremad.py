@@ -18,7 +18,7 @@ Variants (`:arg`, comma-separated):
   split=ogm|mla|speaker   ogm (default): GeWu-Lab/OGM-GE_CVPR2022 data/CREMAD/{train,test}.csv;
                           mla: MLA's my_{train,test}_cre.txt (another random 90/10 split)
   select_on=auto|valid|test   auto (default): valid when the split has one, else test
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
 Data (data_formats.md §1.2; fields in data_pipelines/readers/cremad.py and clip_reader.py):
   root default ../shared/data/CREMA-D: AudioWAV/<clip>.wav, Image-01-FPS/<clip>/*.jpg (1 fps,

@@ -12,7 +12,7 @@ Variants (`:arg`, comma-separated):
   select_on=test        for data with no validation split: also pass
                         --config.data.splits="('train', 'test')". Test-set selection gives
                         optimistic numbers (train_lib warns); prefer a held-out valid split.
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 Other reader fields: --config.data.modalities="('audio', 'video')" (which keys, in order),
   --config.data.task=..., --config.data.num_classes=..., --config.data.padding_side=left.
 

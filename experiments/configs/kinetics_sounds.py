@@ -14,7 +14,7 @@ clips of the train list in a third list (same format) and pass it:
 Variants (`:arg`, comma-separated):
   valid_list=<file>             a validation list (relative to the root); select_on=auto -> valid
   select_on=auto|valid|test     auto (default): valid when valid_list is given, else test
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
 Data (data_formats.md §1.3; fields in data_pipelines/readers/kinetics_sounds.py, clip_reader.py):
   root default ../shared/data/kinetics_sounds:

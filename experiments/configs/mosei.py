@@ -12,7 +12,7 @@ Variants (`:arg`, comma-separated; the same as mosi.py):
   aligned        MMSA `aligned_50.pkl` (or MulT `mosei_senti_data.pkl` with format=mult)
   format=mult    MulT pickles (`mosei_senti_data_noalign.pkl` / `mosei_senti_data.pkl`);
                  format=auto takes whichever is in the root
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
 Data (data_formats.md §1.1):
   root default ../shared/data/MOSEI (or <root>/Processed/)

@@ -13,7 +13,8 @@ Variants (`--config=experiments/configs/mosi.py:<arg>`, comma-separated):
                            both), or MulT's `mosi_data.pkl` with format=mult
   format=mult              MulT pickles (`mosi_data_noalign.pkl` / `mosi_data.pkl`, GloVe text);
                            format=auto takes whichever of MMSA / MulT is in the root
-  model=late_fusion        reference fusions on the same backbones (also flat_attention)
+  model=late_fusion        reference fusions on the same backbones (also flat_attention,
+                           mult, mbt, misa)
   tiny                     a seconds-long CPU smoke setting (d = 16, batch 8)
   e.g. --config=experiments/configs/mosi.py:aligned,format=mult
 

@@ -2,8 +2,8 @@
 
 Launch:
   python -m clcr_jax.main --config=experiments/configs/synthetic.py --workdir=runs/synthetic
-Variants (`:arg`): model=clcr|late_fusion|flat_attention, tiny (a seconds-long smoke setting),
-generator=default|variant (the variant: 16 classes, see data_pipelines/synthetic.py).
+Variants (`:arg`): model=clcr|late_fusion|flat_attention|mult|mbt|misa, tiny (a seconds-long
+smoke setting), generator=default|variant (the variant: 16 classes, see data_pipelines/synthetic.py).
   python -m clcr_jax.main --config=experiments/configs/synthetic.py:model=late_fusion \\
       --workdir=runs/synthetic_late_fusion
 """

@@ -12,7 +12,7 @@ be comparable with them: results.json says `"on_test": true`, train_lib logs a w
 numbers are optimistic. There is no held-out alternative short of writing your own lists.
 Variants (`:arg`, comma-separated):
   split=1|2|3                    official split number (peers use 1)
-  model=late_fusion | flat_attention, tiny
+  model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
 Data (data_formats.md §1.5; fields in data_pipelines/readers/ucf101.py, clip_reader.py):
   root default ../shared/data/UCF101 (the Feichtenhofer two-stream release):
