@@ -304,6 +304,13 @@ _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data
                  "train.batch_size", "train.optimizer", "train.modulation", "train.ogm_ge.")
 
 
+def _identity_defaults() -> dict[str, Any]:
+  """The project defaults of the run-identity fields, flattened like config.json ('model.d')."""
+  tree = {"model": models.default_config().to_dict(), "loss": losses.default_config().to_dict(),
+          "train": {"modulation": "none", "ogm_ge": modulation.default_config().to_dict()}}
+  return traverse_util.flatten_dict(json.loads(json.dumps(metrics_lib.json_safe(tree))), sep=".")
+
+
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
   path = os.path.join(workdir, "config.json")
@@ -316,8 +323,13 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
       json.loads(json.dumps(metrics_lib.json_safe(config.to_dict()))), sep=".")
   keys = sorted(k for k in set(saved) | set(now)
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
+  # A field added to the project after the workdir was written is absent from its config.json;
+  # at its default value it selects the behaviour the run had, so it is no difference.
+  defaults = _identity_defaults()
+  same = lambda k: saved.get(k) == now.get(k) or (
+      k not in saved and k in defaults and defaults[k] == now.get(k))
   diff = [f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"
-          for k in keys if saved.get(k) != now.get(k)]
+          for k in keys if not same(k)]
   if diff:
     raise ValueError(
         f"{workdir} holds checkpoints of a different run ({path}); resuming it with this config "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,22 @@ def test_resuming_with_a_different_model_or_seed_is_refused(finished_run):
     clcr_jax.train_and_evaluate(tiny_config(**{"model.d": 2 * d, "seed": 7}), workdir)
   with open(os.path.join(workdir, "config.json")) as f:
     assert f.read() == saved  # the workdir is left as it was
+
+
+def test_a_field_newer_than_the_workdir_resumes_at_its_default_only(finished_run, tmp_path):
+  workdir, results = finished_run
+  old = str(tmp_path / "older")
+  shutil.copytree(workdir, old)
+  path = os.path.join(old, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["model"]["exchange_init"]  # as written before the field existed
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=r"model\.exchange_init: '<absent>' in the workdir, "
+                     r"'zero' now"):
+    clcr_jax.train_and_evaluate(tiny_config(**{"model.exchange_init": "zero"}), old)
+  assert clcr_jax.train_and_evaluate(tiny_config(), old) == results
 
 
 def _launch(workdir, *extra, env=None):
