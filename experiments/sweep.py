@@ -301,8 +301,8 @@ def state(run: Run) -> str:
   """'done' (results.json), 'partial' (a checkpoint, no results) or 'new'."""
   if read_results(run) is not None:
     return "done"
-  latest = os.path.join(run.workdir, "checkpoints", "latest")
-  if os.path.isdir(latest) and any(d.isdigit() for d in os.listdir(latest)):
+  from clcr_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  if checkpointing.has_checkpoint(run.workdir, "latest"):
     return "partial"
   return "new"
 
