@@ -14,6 +14,7 @@ from clcr_jax import losses
 from clcr_jax import models
 from clcr_jax import optim
 from clcr_jax import parallel
+from clcr_jax import evaluate
 from clcr_jax import train_lib
 
 
@@ -79,7 +80,7 @@ class JaxImpl:
     twin.attention = "einsum"
     self.flops_fn = self.dp.compile_train(train_lib.make_train_step(
         models.build_model(twin), tx, schedule, cfg))
-    eval_step = train_lib.make_eval_step(model)
+    eval_step = evaluate.make_eval_step(model)
     self.eval_fn = jax.jit(lambda state, batch: eval_step(state, batch, losses.BatchAxis()))
 
   def compile(self) -> None:

@@ -20,8 +20,10 @@ WORKDIR/analysis):
   participation.json, .png   per level and modality: the fraction of valid tokens inside the token
                              budget (alpha > 0) and the mean budget weight per valid token
   analysis.json              all of the above, with the run's identity
-The task metric is accuracy (classification), MAE (regression) or segment accuracy; with sigma 0
-and no modality removed every number equals the run's results.json on that split.
+The task metric is `evaluate.TASK_METRICS`' (the one `eval.select_metric='auto'` selects on):
+accuracy (classification), the task loss (regression; the unrounded MAE with the default L1 loss)
+or segment accuracy; with sigma 0 and no modality removed every number equals the run's
+results.json on that split (the same `evaluate` code computes both).
 
 With --probes, instead (`leakage_probes`; datasets whose reader returns its true factors, i.e.
 'synthetic'; models with pooled summaries, i.e. CLCR):
@@ -49,107 +51,32 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from clcr_jax import evaluate
+from clcr_jax import inference
+from clcr_jax import metrics as metrics_lib
+from data_pipelines import pipeline
+
 DEFAULT_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 ALL = "all"
-PRIMARY = {"classification": ("accuracy", "max"), "regression": ("MAE", "min"),
-           "segment_classification": ("segment_accuracy", "max")}
 
 
 # ---------------------------------------------------------------------------------------------
 # Running a predictor over a split, optionally perturbed
 # ---------------------------------------------------------------------------------------------
-Transform = Callable[[dict[str, Any], int], dict[str, Any]]
-
-
-def _batches(predictor, reader, split: str, backend: str | None) -> Iterator[dict[str, Any]]:
-  from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
-  config = predictor.config
-  return pipeline.eval_batches(reader, split, global_batch_size=config.eval.batch_size,
-                               backend=backend or config.data.backend)
-
-
-def _host_aux(aux, summaries: bool = False) -> dict[str, Any]:
-  """The aux entries the analyses read, on the host. The pooled summaries ('shared', 'private':
-  per level {m: [B, d]}) come only with `summaries`, so analyses that do not read them do not
-  pay for the transfer."""
-  import jax  # pylint: disable=import-outside-toplevel
-  names = ("omega", "beta", "eta", "alpha", "token_mask", "budget_ratio")
-  names += ("shared", "private") if summaries else ()
-  keep = {k: aux[k] for k in names if aux.get(k) is not None}
-  return jax.device_get(keep)
+Transform = evaluate.Transform
 
 
 def collect(predictor, reader, split: str, transform: Transform | None = None,
             backend: str | None = None, summaries: bool = False) -> dict[str, Any]:
-  """The predictions and diagnostics of `predictor` on every row of `split`.
-
-  Returns numpy arrays over the split's batches (padding rows included, see 'valid'):
-  prediction, label, valid, omega [N, L], beta [N, M], eta [N, M] (when the model has them),
-  participation [N, L] (fraction of the example's valid tokens, over all modalities, with
-  alpha > 0; as train_lib's eval step), and per level and modality 'tokens', 'picked' and
-  'mass' [N] (valid tokens, tokens with alpha > 0, sum of alpha). With `summaries`, also
-  'shared' and 'private': per level {m: float64[N, d]}, the model's pooled summaries (absent
-  when the model has none; 'private' absent without a private stream).
-  """
-  chunks = collections.defaultdict(list)
-  levels: list[dict[str, dict[str, list]]] = []
-  pooled: dict[str, list[dict[str, list]]] = {}
-  for i, batch in enumerate(_batches(predictor, reader, split, backend)):
-    if transform is not None:
-      batch = transform(batch, i)
-    prediction, aux = predictor(batch["inputs"], batch["masks"])
-    aux = _host_aux(aux, summaries)
-    for kind in ("shared", "private"):
-      for l, level in enumerate(aux.get(kind) or ()):
-        per_level = pooled.setdefault(kind, [])
-        if l == len(per_level):
-          per_level.append(collections.defaultdict(list))
-        for m, value in level.items():
-          per_level[l][m].append(np.asarray(value, np.float64))
-    chunks["prediction"].append(np.asarray(prediction))
-    chunks["label"].append(np.asarray(batch["label"]))
-    chunks["valid"].append(np.asarray(batch["valid"], bool))
-    for name in ("omega", "beta", "eta"):
-      if name in aux:
-        chunks[name].append(np.asarray(aux[name], np.float64))
-    if "alpha" in aux:
-      if not levels:
-        levels = [{m: collections.defaultdict(list) for m in a} for a in aux["alpha"]]
-      fractions = []
-      for l, (alpha, mask) in enumerate(zip(aux["alpha"], aux["token_mask"])):
-        picked_all = tokens_all = 0
-        for m in alpha:
-          a, k = np.asarray(alpha[m]), np.asarray(mask[m], bool)
-          tokens, picked = k.sum(-1), ((a > 0) & k).sum(-1)
-          levels[l][m]["tokens"].append(tokens)
-          levels[l][m]["picked"].append(picked)
-          levels[l][m]["mass"].append(np.where(k, a, 0.0).sum(-1))
-          picked_all, tokens_all = picked_all + picked, tokens_all + tokens
-        fractions.append(picked_all / np.maximum(tokens_all, 1))
-      chunks["participation"].append(np.stack(fractions, -1))
-      chunks["budget_ratio"].append(np.broadcast_to(
-          np.asarray(aux["budget_ratio"], np.float64), (len(batch["valid"]),
-                                                        len(aux["budget_ratio"]))))
-  if not chunks:
-    raise ValueError(f"split {split!r} gave no evaluation batches")
-  out = {k: np.concatenate(v) for k, v in chunks.items()}
-  out["levels"] = [{m: {k: np.concatenate(v) for k, v in d.items()} for m, d in lv.items()}
-                   for lv in levels]
-  for kind, per_level in pooled.items():
-    out[kind] = [{m: np.concatenate(v) for m, v in level.items()} for level in per_level]
-  return out
-
-
-def summarize(outputs: Mapping[str, Any], config) -> dict[str, Any]:
-  """The metrics of `outputs`, computed exactly as train_lib does for results.json."""
-  from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
-  keep = {k: outputs[k] for k in ("prediction", "label", "valid", "omega", "beta", "eta",
-                                  "participation") if k in outputs}
-  return train_lib.summarise_eval(keep, config, tuple(config.model.modalities.keys()))
+  """The predictions and diagnostics of `predictor` on every row of `split` (numpy arrays over
+  the split's batches, padding rows included, see 'valid'): `evaluate.batch_outputs` with its
+  detail (per level and modality 'tokens', 'picked' and 'mass' [N] under 'levels', and
+  budget_ratio [N, L]) and, with `summaries`, the pooled 'shared' and 'private' summaries."""
+  return predictor.outputs(split, reader, transform, backend, detail=True, summaries=summaries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +93,9 @@ def input_std(predictor, reader, split: str, backend: str | None = None) -> dict
   """Per modality, the standard deviation of the inputs over the split's valid rows (and valid
   tokens, for token-aligned inputs)."""
   s1, s2, n = collections.Counter(), collections.Counter(), collections.Counter()
-  for batch in _batches(predictor, reader, split, backend):
+  config = predictor.config
+  for batch in pipeline.eval_batches(reader, split, global_batch_size=config.eval.batch_size,
+                                     backend=backend or config.data.backend):
     valid = np.asarray(batch["valid"], bool)
     for m, x in batch["inputs"].items():
       x = np.asarray(x, np.float64)[valid]
@@ -219,17 +148,13 @@ def drop_modalities(missing: Sequence[str]) -> Transform:
 # ---------------------------------------------------------------------------------------------
 # Analyses
 # ---------------------------------------------------------------------------------------------
-def primary_metric(task: str) -> tuple[str, str]:
-  return PRIMARY[task]
-
-
 def noise_robustness(predictor, reader, split: str, sigmas=DEFAULT_SIGMAS, seed: int = 0,
                      backend: str | None = None, clean=None) -> dict[str, Any]:
   config = predictor.config
   modalities = tuple(config.model.modalities.keys())
-  metric, mode = primary_metric(config.model.task)
+  metric, mode = evaluate.task_metric(config.model.task)
   std = input_std(predictor, reader, split, backend)
-  clean = clean if clean is not None else summarize(
+  clean = clean if clean is not None else evaluate.summarise(
       collect(predictor, reader, split, backend=backend), config)
   curves = {}
   for target in (*modalities, ALL):
@@ -239,8 +164,8 @@ def noise_robustness(predictor, reader, split: str, sigmas=DEFAULT_SIGMAS, seed:
       if sigma == 0:
         result = clean
       else:
-        result = summarize(collect(predictor, reader, split,
-                                   gaussian_noise(targets, sigma, std, seed), backend), config)
+        result = evaluate.summarise(collect(
+            predictor, reader, split, gaussian_noise(targets, sigma, std, seed), backend), config)
       points.append({"sigma": float(sigma), metric: result.get(metric),
                      "loss": result.get("loss")})
     curves[target] = points
@@ -253,18 +178,19 @@ def missing_modalities(predictor, reader, split: str, backend: str | None = None
                        clean=None) -> dict[str, Any]:
   config = predictor.config
   modalities = tuple(config.model.modalities.keys())
-  metric, mode = primary_metric(config.model.task)
-  clean = clean if clean is not None else summarize(
+  metric, mode = evaluate.task_metric(config.model.task)
+  clean = clean if clean is not None else evaluate.summarise(
       collect(predictor, reader, split, backend=backend), config)
   conditions = [{"condition": "all present", "missing": [], **_pick(clean, metric)}]
   for m in modalities:
-    result = summarize(collect(predictor, reader, split, drop_modalities([m]), backend), config)
+    result = evaluate.summarise(collect(predictor, reader, split, drop_modalities([m]), backend),
+                                config)
     conditions.append({"condition": f"without {m}", "missing": [m], **_pick(result, metric)})
   if len(modalities) > 2:
     for m in modalities:
       others = [o for o in modalities if o != m]
-      result = summarize(collect(predictor, reader, split, drop_modalities(others), backend),
-                         config)
+      result = evaluate.summarise(
+          collect(predictor, reader, split, drop_modalities(others), backend), config)
       conditions.append({"condition": f"only {m}", "missing": others, **_pick(result, metric)})
   return {"metric": metric, "mode": mode, "split": split, "conditions": conditions,
           "note": "a missing modality has zero inputs and an all-False mask"}
@@ -560,9 +486,7 @@ def leakage_probes(predictor, reader, split: str, backend: str | None = None, se
 def analyze_probes(workdir: str, split: str = "test", which: str = "best",
                    backend: str | None = None, seed: int = 0) -> dict[str, Any]:
   """`leakage_probes` of one run's checkpoint, JSON-safe, with the run's identity."""
-  import clcr_jax  # pylint: disable=import-outside-toplevel
-  from clcr_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  predictor = clcr_jax.load(workdir, which)
+  predictor = inference.load(workdir, which)
   reader = predictor.reader()
   if split not in reader.splits:
     raise ValueError(f"split {split!r} is not in the run's dataset; it has {list(reader.splits)}")
@@ -575,15 +499,13 @@ def analyze_probes(workdir: str, split: str = "test", which: str = "best",
 def analyze_run(workdir: str, split: str = "test", sigmas=DEFAULT_SIGMAS, seed: int = 0,
                 which: str = "best", backend: str | None = None) -> dict[str, Any]:
   """Every analysis of one run, as a JSON-safe dict (see the module docstring)."""
-  import clcr_jax  # pylint: disable=import-outside-toplevel
-  from clcr_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  predictor = clcr_jax.load(workdir, which)
+  predictor = inference.load(workdir, which)
   reader = predictor.reader()
   if split not in reader.splits:
     raise ValueError(f"split {split!r} is not in the run's dataset; it has {list(reader.splits)}")
   config = predictor.config
   outputs = collect(predictor, reader, split, backend=backend)
-  clean = summarize(outputs, config)
+  clean = evaluate.summarise(outputs, config)
   class_names = getattr(reader.task, "class_names", None)
   result = {
       "workdir": os.path.abspath(workdir), "checkpoint": which, "step": predictor.step,
@@ -639,11 +561,14 @@ def _float(text: str) -> float | None:
 
 
 def _default_metric(points) -> str:
+  """The first task metric the points have; 'loss' (regression) last, as every run has one."""
   keys = {k for p in points for k in p["metrics"]}
-  for task in ("classification", "segment_classification", "regression"):
-    if PRIMARY[task][0] in keys:
-      return PRIMARY[task][0]
-  raise ValueError(f"no accuracy / segment_accuracy / MAE among the sweep's metrics {sorted(keys)}")
+  wanted = [evaluate.task_metric(t)[0] for t in ("classification", "segment_classification",
+                                                 "regression")]
+  for metric in wanted:
+    if metric in keys:
+      return metric
+  raise ValueError(f"none of {wanted} among the sweep's metrics {sorted(keys)}")
 
 
 def sweep_curve(sweep_dir: str, x: str | None = None, metric: str | None = None) -> dict[str, Any]:

@@ -3,6 +3,9 @@
     predictor = clcr_jax.load("runs/synthetic")          # the selected ("best") checkpoint
     prediction, aux = predictor(batch["inputs"], batch["masks"])
     predictor.evaluate("test")                           # metrics on a split of the run's data
+
+The checkpoint is read through `checkpointing.load_variables` and evaluated by
+`evaluate.Evaluator`, the loop and metrics the training run used for results.json.
 """
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
+from clcr_jax import checkpointing
+from clcr_jax import evaluate
 from clcr_jax import models
+from data_pipelines import registry
+
+_BATCH_KEYS = ("inputs", "masks", "label", "valid")  # what the eval outputs read of a batch
 
 
 @dataclasses.dataclass
@@ -27,6 +33,7 @@ class Predictor:
   variables: dict[str, Any]
   step: int
   workdir: str
+  _compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @functools.cached_property
   def model(self):
@@ -41,26 +48,29 @@ class Predictor:
     return self._apply(self.variables, inputs, masks)
 
   def reader(self):
-    from data_pipelines import registry  # pylint: disable=import-outside-toplevel
     return registry.get_reader(self.config.data)
 
+  def _predict_fn(self, detail: bool, summaries: bool):
+    """fn(variables, batch) -> per-example outputs (`evaluate.batch_outputs`), compiled once
+    per (detail, summaries)."""
+    key = (detail, summaries)
+    if key not in self._compiled:
+      compiled = jax.jit(evaluate.make_predict_fn(self.model, detail, summaries))
+      self._compiled[key] = lambda v, batch: compiled(v, {k: batch[k] for k in _BATCH_KEYS})
+    return self._compiled[key]
+
+  def outputs(self, split: str = "test", reader=None, transform=None, backend=None,
+              detail: bool = False, summaries: bool = False) -> dict[str, Any]:
+    """Per-example outputs over `split` (`evaluate.Evaluator.outputs`): prediction, label,
+    valid, the model's weights and participation; with `detail` the per-level token counts
+    and budget ratios, with `summaries` the pooled summaries (see `evaluate.batch_outputs`)."""
+    evaluator = evaluate.Evaluator(self.config, reader or self.reader(),
+                                   self._predict_fn(detail, summaries))
+    return evaluator.outputs(self.variables, split, transform, backend)
+
   def evaluate(self, split: str = "test", reader=None) -> dict[str, Any]:
-    """The run's metrics on `split`, computed like train_and_evaluate does."""
-    from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
-    from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
-    reader = reader or self.reader()
-    chunks = []
-    for batch in pipeline.eval_batches(reader, split,
-                                       global_batch_size=self.config.eval.batch_size,
-                                       backend=self.config.data.backend):
-      prediction, aux = self(batch["inputs"], batch["masks"])
-      out = {"prediction": np.asarray(prediction), "label": batch["label"],
-             "valid": batch["valid"]}
-      out.update({k: np.asarray(aux[k]) for k in ("omega", "beta", "eta") if k in aux})
-      chunks.append(out)
-    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    return train_lib.summarise_eval(outputs, self.config,
-                                    tuple(self.config.model.modalities.keys()))
+    """The run's metrics on `split`, as train_and_evaluate computes them for results.json."""
+    return evaluate.summarise(self.outputs(split, reader), self.config)
 
 
 def load(workdir: str, which: str = "best") -> Predictor:
@@ -71,15 +81,5 @@ def load(workdir: str, which: str = "best") -> Predictor:
     raise FileNotFoundError(f"{config_path} not found: {workdir} is not a clcr_jax run directory")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  directory = os.path.join(workdir, "checkpoints", which)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory} (which must be 'best' or 'latest')")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  state = restored["state"]
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
-  return Predictor(config, variables, int(step), workdir)
+  variables, step = checkpointing.load_variables(workdir, which)
+  return Predictor(config, variables, step, workdir)

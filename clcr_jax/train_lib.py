@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from clcr_jax import checkpointing
+from clcr_jax import evaluate
 from clcr_jax import losses
 from clcr_jax import metric_writers
 from clcr_jax import metrics as metrics_lib
@@ -79,50 +80,9 @@ def resolve_model_config(model_config, reader) -> ml_collections.ConfigDict:
   return cfg
 
 
-def selection_rule(config, task: str) -> tuple[str, str, str]:
-  """(split, metric, mode) of model selection."""
-  metric, mode = config.eval.select_metric, config.eval.select_mode
-  if metric == "auto":
-    metric, mode = {"classification": ("accuracy", "max"), "regression": ("loss", "min"),
-                    "segment_classification": ("segment_accuracy", "max")}[task]
-  if mode not in ("min", "max"):
-    raise ValueError(f"config.eval.select_mode must be 'min' or 'max', found {mode!r}")
-  return config.eval.select_on, metric, mode
-
-
 # ---------------------------------------------------------------------------------------------
 # The step functions (pure; `parallel.DataParallel` compiles them for jit or pmap)
 # ---------------------------------------------------------------------------------------------
-def _variables(state):
-  variables = {"params": state["params"]}
-  if state["batch_stats"]:
-    variables["batch_stats"] = state["batch_stats"]
-  return variables
-
-
-def diagnostics(aux, valid, axis: losses.BatchAxis, modalities) -> dict[str, jax.Array]:
-  """Budget participation per level, omega per level, beta and eta per modality (global means)."""
-  out = {}
-  w = valid.astype(jnp.float32)
-  n = jnp.maximum(axis.sum(jnp.sum(w)), 1.0)
-  mean_rows = lambda x: axis.sum(jnp.sum(x * w[:, None], 0)) / n
-  for name in ("omega", "beta", "eta"):
-    if aux.get(name) is not None:
-      values = mean_rows(aux[name].astype(jnp.float32))
-      labels = [f"level{l}" for l in range(values.shape[0])] if name == "omega" else modalities
-      out.update({f"{name}/{k}": values[i] for i, k in enumerate(labels)})
-  if aux.get("alpha") is not None:
-    for l, (alpha, mask) in enumerate(zip(aux["alpha"], aux["token_mask"])):
-      picked = tokens = 0.0
-      for m in alpha:
-        valid_tokens = mask[m] & valid[:, None]
-        picked = picked + axis.sum(jnp.sum((alpha[m] > 0) & valid_tokens))
-        tokens = tokens + axis.sum(jnp.sum(valid_tokens))
-      out[f"budget/level{l}_participation"] = picked / jnp.maximum(tokens, 1.0)
-      out[f"budget/level{l}_ratio"] = aux["budget_ratio"][l]
-  return out
-
-
 def make_train_step(model, tx, schedule, config, steps_per_epoch: int = 0):
   """The step function. `steps_per_epoch` is needed by train.modulation (its epoch window)."""
   loss_config, task = config.loss, config.model.task
@@ -136,7 +96,7 @@ def make_train_step(model, tx, schedule, config, steps_per_epoch: int = 0):
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis.name))
 
     def loss_fn(params):
-      variables = _variables(dict(state, params=params))
+      variables = checkpointing.model_variables(dict(state, params=params))
       (prediction, aux), updated = model.apply(
           variables, batch["inputs"], batch["masks"], train=True, rngs={"dropout": rng},
           mutable=["batch_stats"])
@@ -157,85 +117,9 @@ def make_train_step(model, tx, schedule, config, steps_per_epoch: int = 0):
     out["grad_norm"] = optax.tree.norm(grads)
     out["learning_rate"] = schedule(state["step"])
     out.update(modulation_metrics)
-    out.update(diagnostics(aux, batch["valid"], axis, modalities))
+    out.update(evaluate.step_diagnostics(aux, batch["valid"], axis, modalities))
     return new_state, out
   return train_step
-
-
-def make_eval_step(model):
-  def eval_step(state, batch, axis: losses.BatchAxis):
-    del axis
-    prediction, aux = model.apply(_variables(state), batch["inputs"], batch["masks"], train=False)
-    out = {"prediction": prediction, "label": batch["label"], "valid": batch["valid"]}
-    for name in ("omega", "beta", "eta"):
-      if aux.get(name) is not None:
-        out[name] = aux[name]
-    if aux.get("alpha") is not None:
-      out["participation"] = jnp.stack([
-          sum(jnp.sum((a[m] > 0) & mk[m], -1) for m in a) /
-          jnp.maximum(sum(jnp.sum(mk[m], -1) for m in a), 1)
-          for a, mk in zip(aux["alpha"], aux["token_mask"])], axis=-1)
-    return out
-  return eval_step
-
-
-# ---------------------------------------------------------------------------------------------
-# Host-side evaluation
-# ---------------------------------------------------------------------------------------------
-def task_loss_numpy(prediction, label, valid, task: str, regression: str) -> float:
-  """Mean task loss over valid rows, in float64 (the validation loss MMSA selects on)."""
-  p = np.asarray(prediction, np.float64)[valid]
-  y = np.asarray(label)[valid]
-  if task == "regression":
-    err = p - y.astype(np.float64)
-    return float(np.mean(np.abs(err)) if regression == "l1" else np.mean(err**2))
-  logp = p - p.max(-1, keepdims=True)
-  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-  picked = np.take_along_axis(logp, y.astype(np.int64)[..., None], -1)[..., 0]
-  return float(-picked.mean())
-
-
-def summarise_eval(outputs, config, modalities) -> dict[str, Any]:
-  task = config.model.task
-  valid = outputs["valid"].astype(bool)
-  result = metrics_lib.metrics_for_task(
-      task, outputs["prediction"], outputs["label"], valid,
-      num_classes=config.model.num_classes or None, variant=config.eval.regression_variant)
-  result["loss"] = task_loss_numpy(outputs["prediction"], outputs["label"], valid, task,
-                                   config.loss.regression)
-  for name, labels in (("omega", None), ("beta", modalities), ("eta", modalities),
-                       ("participation", None)):
-    if name in outputs:
-      values = outputs[name][valid].mean(0)
-      labels = labels or [f"level{l}" for l in range(len(values))]
-      result.update({f"{name}/{k}": float(v) for k, v in zip(labels, values)})
-  return result
-
-
-class Evaluator:
-  """Runs the compiled eval step over a split and computes the metrics on host."""
-
-  def __init__(self, dp, eval_fn, reader, config, modalities):
-    self.dp, self.eval_fn, self.reader, self.config = dp, eval_fn, reader, config
-    self.modalities = modalities
-
-  def outputs(self, device_state, split: str) -> dict[str, np.ndarray]:
-    chunks = []
-    for batch in pipeline.eval_batches(
-        self.reader, split, global_batch_size=self.config.eval.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        backend=self.config.data.backend):
-      chunks.append(self.eval_fn(device_state, self.dp.put_batch(batch)))
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-
-  def __call__(self, device_state, split: str) -> dict[str, Any]:
-    return summarise_eval(self.outputs(device_state, split), self.config, self.modalities)
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-  if value is None or not np.isfinite(value):
-    return False
-  return best is None or (value < best if mode == "min" else value > best)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +198,7 @@ def _identity_defaults() -> dict[str, Any]:
 def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
   path = os.path.join(workdir, "config.json")
-  latest = os.path.join(workdir, "checkpoints", "latest")
-  if not (os.path.exists(path) and os.path.isdir(latest) and os.listdir(latest)):
+  if not (os.path.exists(path) and checkpointing.has_checkpoint(workdir, "latest")):
     return
   with open(path) as f:
     saved = traverse_util.flatten_dict(json.load(f), sep=".")
@@ -359,9 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   modulation.check_config(config)
   if config.eval.batch_size <= 0:
     config.eval.batch_size = config.train.batch_size
-  modalities = tuple(config.model.modalities.keys())
   task = config.model.task
-  select_split, select_metric, select_mode = selection_rule(config, task)
+  select_split, select_metric, select_mode = evaluate.selection_rule(config.eval, task)
   for split in {config.data.train_split, select_split}:
     if split not in reader.splits:
       raise ValueError(f"split {split!r} (config.data.train_split / config.eval.select_on) is "
@@ -411,7 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, meta = restored
     start_step = int(state["step"])
     checkpointer.drop_after("best", start_step)
-    logging.info("Resumed from %s at step %d", os.path.join(workdir, "checkpoints"), start_step)
+    logging.info("Resumed from %s at step %d", checkpointing.checkpoint_dir(workdir, "latest"),
+                 start_step)
   else:
     state = jax.jit(init_state, out_shardings=dp.replicated)()
     meta = {"best_value": None, "best_step": None}
@@ -427,8 +310,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return json.load(f)
 
   train_fn = dp.compile_train(make_train_step(model, tx, schedule, config, steps_per_epoch))
-  eval_fn = dp.compile_eval(make_eval_step(model))
-  evaluator = Evaluator(dp, eval_fn, reader, config, modalities)
+  eval_fn = dp.compile_eval(evaluate.make_eval_step(model))
+  evaluator = evaluate.Evaluator(config, reader,
+                                 lambda state, batch: eval_fn(state, dp.put_batch(batch)),
+                                 jax.process_index(), jax.process_count())
   writer = metric_writers.MetricWriter(workdir, enabled=is_main,
                                        tensorboard=config.logging.tensorboard,
                                        resume_step=start_step if restored else None)
@@ -448,7 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise FloatingPointError(
             f"non-finite loss ({m['loss/total']}) or gradient norm ({m['grad_norm']}) at step "
             f"{s}; stopping. The last good "
-            f"checkpoint is step {checkpointer.latest_step()} in {workdir}/checkpoints/latest; "
+            f"checkpoint is step {checkpointer.latest_step()} in "
+            f"{checkpointing.checkpoint_dir(workdir, 'latest')}; "
             f"lower train.learning_rate or enable train.grad_clip_norm")
     if fetched:
       means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
@@ -485,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.info("eval %s at step %d: %s", select_split, step,
                        {k: round(v, 4) for k, v in result.items()
                         if isinstance(v, float) and "/" not in k})
-          if is_better(result.get(select_metric), meta["best_value"], select_mode):
+          if evaluate.is_better(result.get(select_metric), meta["best_value"], select_mode):
             meta = {"best_value": float(result[select_metric]), "best_step": step}
             checkpointer.save("best", step, dp.get_state(device_state), meta)
         # Decided after the evaluation, so that a signal during it stops the run at this step.

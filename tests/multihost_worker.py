@@ -105,7 +105,7 @@ def main(argv):
     json.dump(topology, f)
 
   # A: the train step over the global mesh, each process feeding its own rows.
-  from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from clcr_jax import evaluate  # pylint: disable=import-outside-toplevel
   from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   # XLA's gloo rendezvous gives up after 30 s: compile first, then meet at a barrier of the
@@ -123,7 +123,7 @@ def main(argv):
     losses.append(float(jax.device_get(metrics["loss/total"])))
   # One evaluation batch (the cross-process gather of the outputs), which also puts the eval
   # step in the compilation cache for B.
-  eval_fn = dp.compile_eval(train_lib.make_eval_step(model))
+  eval_fn = dp.compile_eval(evaluate.make_eval_step(model))
   eval_batch = next(pipeline.eval_batches(reader, "valid",
                                           global_batch_size=resolved.train.batch_size,
                                           process_index=process_id,

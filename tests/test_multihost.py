@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import pytest
 
+from clcr_jax import checkpointing
 import multihost_checkpoint_worker
 import multihost_worker
 from session_once import run_once
@@ -83,7 +84,7 @@ def _two_processes(directory, worker="multihost_worker.py"):
 def _reference(directory):
   """One process, 8 devices, the global batches of the two-process run: the loss of every step
   and the test metrics after the last one."""
-  from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from clcr_jax import evaluate  # pylint: disable=import-outside-toplevel
   from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
   assert jax.device_count() == 8 and jax.process_count() == 1
   config, reader, dp, model, state, rng, train_fn = multihost_worker.build(
@@ -95,11 +96,11 @@ def _reference(directory):
     batch = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
     state, metrics = train_fn(state, dp.put_batch(batch), rng)
     losses.append(float(metrics["loss/total"]))
-  eval_fn = dp.compile_eval(train_lib.make_eval_step(model))
+  eval_fn = dp.compile_eval(evaluate.make_eval_step(model))
   chunks = [eval_fn(state, dp.put_batch(b)) for b in pipeline.eval_batches(
       reader, "test", global_batch_size=config.train.batch_size, backend="numpy")]
   outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-  test = train_lib.summarise_eval(outputs, config, tuple(config.model.modalities.keys()))
+  test = evaluate.summarise(outputs, config)
   (directory / "reference.json").write_text(json.dumps({"loss/total": losses, "test": test}))
 
 
@@ -207,8 +208,8 @@ def test_latest_and_best_checkpoints_of_one_step_save_together_on_two_processes(
     assert got == {"meta": {"step": last}, "w_mean": float(last), "step": last,
                    "latest_step": last}, which
     # max_to_keep=1: only the newest step is left, and no unfinished temporary folder.
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints" / which).iterdir()) == [
-        str(last)], which
+    directory = checkpointing.checkpoint_dir(str(tmp_path / "run"), which)
+    assert sorted(os.listdir(directory)) == [str(last)], which
 
 
 def _parallel_config(**fields):
@@ -330,7 +331,7 @@ def test_sigterm_to_one_cli_process_stops_both_at_one_step_and_the_rerun_matches
   assert len(stopped[0]) == 1 and stopped[0] == stopped[1], _logs(logs)
   step = int(stopped[0][0])
   assert step % PREEMPTION_CHECK_EVERY == 0 and step < CLI_STEPS, _logs(logs)
-  assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == [str(step)]
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(str(workdir), "latest"))) == [str(step)]
   assert not (workdir / "results.json").exists()
 
   resumed, logs = _run_cli(workdir, str(tmp_path / "rerun"))

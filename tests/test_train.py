@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import clcr_jax
+from clcr_jax import checkpointing
 from clcr_jax import losses
 from clcr_jax import models
 from clcr_jax import optim
@@ -44,12 +44,8 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def latest_params(workdir: str, which: str = "latest"):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", which),
-                                  item_names=("state", "meta"))
-  step = manager.latest_step()
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  manager.close()
-  return step, jax.tree.map(np.asarray, state["params"])
+  variables, step = checkpointing.load_variables(workdir, which)
+  return step, jax.tree.map(np.asarray, variables["params"])
 
 
 def read_jsonl(path):
@@ -82,10 +78,28 @@ def test_train_and_evaluate_writes_the_run_directory(finished_run):
   assert results["valid"]["accuracy"] == pytest.approx(best["accuracy"])
   # Latest and best checkpoints exist; the predictor reproduces the test metrics.
   assert latest_params(workdir)[0] == 8
+
+
+def test_load_reproduces_results_json(finished_run):
+  """clcr_jax.load's predictor evaluates with the training run's evaluator: every metric of
+  results.json (task metrics, loss, omega / beta / eta, participation) on both splits."""
+  workdir, results = finished_run
   predictor = clcr_jax.load(workdir)
   assert predictor.step == results["selection"]["step"]
-  again = predictor.evaluate("test")
-  assert again["accuracy"] == pytest.approx(results["test"]["accuracy"])
+  for split in ("valid", "test"):
+    again = predictor.evaluate(split)
+    assert again.keys() == results[split].keys(), split
+    for key, value in results[split].items():
+      assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (split, key)
+  assert clcr_jax.load(workdir, "latest").step == 8
+
+
+def test_load_errors_name_the_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    clcr_jax.load(str(tmp_path))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=f"no 'best' checkpoint in {tmp_path}"):
+    clcr_jax.load(str(tmp_path))
 
 
 def test_tensorboard_events_are_readable(finished_run):
@@ -151,10 +165,9 @@ def _launch(workdir, *extra, env=None):
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=600):
-  latest = os.path.join(workdir, "checkpoints", "latest")
   t0 = time.time()
   while time.time() - t0 < timeout:
-    if os.path.isdir(latest) and any(d.isdigit() for d in os.listdir(latest)):
+    if checkpointing.has_checkpoint(workdir, "latest"):
       return
     if proc.poll() is not None:
       raise AssertionError(f"run ended before its first checkpoint:\n{proc.stdout.read()}")
