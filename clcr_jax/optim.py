@@ -6,16 +6,21 @@ the gradient before momentum, on every parameter.
 """
 from __future__ import annotations
 
+from flax import traverse_util
 import optax
 
+from clcr_jax.models import bert as bert_lib
 
-def make_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
+
+def make_schedule(train_config, steps_per_epoch: int,
+                  learning_rate: float | None = None) -> optax.Schedule:
   """Learning rate as a function of the step.
 
   schedule: 'constant'; 'step' (x`decay_factor` at each epoch in `decay_epochs`, like
   torch StepLR/MultiStepLR); 'cosine' (to 0 over the run, after `warmup_steps` linear warm-up).
+  `learning_rate`: the peak, default `train_config.learning_rate`.
   """
-  lr = train_config.learning_rate
+  lr = train_config.learning_rate if learning_rate is None else learning_rate
   kind = train_config.schedule
   if kind == "constant":
     base = optax.constant_schedule(lr)
@@ -36,19 +41,46 @@ def make_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
   return base
 
 
-def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """optax transformation for `train.optimizer` in {'sgd', 'adamw'}."""
+def _update_rule(train_config, schedule) -> list[optax.GradientTransformation]:
+  """Weight decay + the `train.optimizer` update at `schedule` (no clipping)."""
+  if train_config.optimizer == "sgd":
+    parts = []
+    if train_config.weight_decay:
+      parts.append(optax.add_decayed_weights(train_config.weight_decay))
+    return parts + [optax.sgd(schedule, momentum=train_config.momentum or None)]
+  if train_config.optimizer == "adamw":
+    return [optax.adamw(schedule, weight_decay=train_config.weight_decay)]
+  raise ValueError(f"config.train.optimizer must be 'sgd' or 'adamw', "
+                   f"found {train_config.optimizer!r}")
+
+
+def bert_labels(params):
+  """'bert' for the parameters of a BERT backbone (a submodule named 'bert'), else 'rest'."""
+  return traverse_util.path_aware_map(lambda path, _: "bert" if "bert" in path else "rest",
+                                      params)
+
+
+def make_optimizer(train_config, steps_per_epoch: int,
+                   model_config=None) -> optax.GradientTransformation:
+  """optax transformation for `train.optimizer` in {'sgd', 'adamw'}.
+
+  With a 'bert' backbone in `model_config` (models/bert.py), BERT's parameters get their own
+  update (`optax.multi_transform`): the same optimiser at `train.bert_learning_rate` (same
+  schedule shape), or none at all when `model.bert.freeze` (no optimiser state for them).
+  Gradient clipping stays global, over all parameters.
+  """
   schedule = make_schedule(train_config, steps_per_epoch)
   parts = []
   if train_config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
-  if train_config.optimizer == "sgd":
-    if train_config.weight_decay:
-      parts.append(optax.add_decayed_weights(train_config.weight_decay))
-    parts.append(optax.sgd(schedule, momentum=train_config.momentum or None))
-  elif train_config.optimizer == "adamw":
-    parts.append(optax.adamw(schedule, weight_decay=train_config.weight_decay))
+  rule = _update_rule(train_config, schedule)
+  if model_config is None or not bert_lib.uses_bert(model_config):
+    # Flat, as before the BERT backbone existed: the optimiser state of older checkpoints.
+    return optax.chain(*parts, *rule)
+  if model_config.bert.freeze:
+    bert_rule = optax.set_to_zero()
   else:
-    raise ValueError(f"config.train.optimizer must be 'sgd' or 'adamw', "
-                     f"found {train_config.optimizer!r}")
-  return optax.chain(*parts)
+    bert_schedule = make_schedule(train_config, steps_per_epoch, train_config.bert_learning_rate)
+    bert_rule = optax.chain(*_update_rule(train_config, bert_schedule))
+  rules = {"rest": optax.chain(*rule), "bert": bert_rule}
+  return optax.chain(*parts, optax.multi_transform(rules, bert_labels))

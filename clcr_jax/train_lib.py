@@ -36,6 +36,7 @@ from clcr_jax import models
 from clcr_jax import modulation
 from clcr_jax import optim
 from clcr_jax import parallel
+from clcr_jax.models import bert as bert_lib
 from data_pipelines import pipeline
 from data_pipelines import registry
 from data_pipelines import sampling
@@ -77,6 +78,7 @@ def resolve_model_config(model_config, reader) -> ml_collections.ConfigDict:
       raise ValueError(f"config.model.modalities.{m}.kind={cfg.modalities[m].kind!r} but "
                        f"dataset {name!r} provides {m!r} as {specs[m].kind!r} "
                        f"with per-example shape {specs[m].shape}")
+  bert_lib.resolve_config(cfg)  # BERT sizes from config.model.bert.path's config.json
   return cfg
 
 
@@ -274,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # -- model, optimiser, state -----------------------------------------------------------------
   model = models.build_model(config.model, axis_name=dp.model_axis_name)
   init_model = models.build_model(config.model)
-  tx = optim.make_optimizer(config.train, steps_per_epoch)
+  tx = optim.make_optimizer(config.train, steps_per_epoch, config.model)
   schedule = optim.make_schedule(config.train, steps_per_epoch)
   sample = reader.load_examples(config.data.train_split, np.zeros(1, np.int64), train=False)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
@@ -297,6 +299,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  start_step)
   else:
     state = jax.jit(init_state, out_shardings=dp.replicated)()
+    if bert_lib.uses_bert(config.model) and config.model.bert.path:
+      # Pretrained weights enter after the compiled init (not as constants inside it), as host
+      # arrays that dp.put_state replicates below. The optimiser state (zeros) is the same.
+      state = dict(state, params=bert_lib.insert_pretrained(state["params"], config.model))
+      logging.info("BERT backbone initialised from %s", config.model.bert.path)
     meta = {"best_value": None, "best_step": None}
     start_step = 0
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))

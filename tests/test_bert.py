@@ -134,3 +134,122 @@ def test_not_a_model_directory(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(bert.CheckpointError, match=r"config\.json: not found"):
     bert.load_pretrained(str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the 'bert' backbone in CLCR
+# ---------------------------------------------------------------------------------------------
+def tiny_bert_config(path, **train):
+  """mosi.py:tiny,text=bert on the tiny checkpoint, resolved as train_and_evaluate does."""
+  from clcr_jax.models import bert as bert_lib  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mosi  # pylint: disable=import-outside-toplevel
+  config = mosi.get_config("tiny,text=bert")
+  config.model.bert.path = str(path)
+  config.model.bert.levels = (0, 1, 2)
+  config.model.task = "regression"
+  config.model.dropout = 0.0
+  # Momentum's first step is lr * gradient, as plain SGD's.
+  config.train.update(dict(momentum=0.9, weight_decay=0.0, schedule="constant", **train))
+  bert_lib.resolve_config(config.model)
+  return config
+
+
+def token_batch(n: int = 2, t: int = 12):
+  ids, mask, types = padded_batch(bf.TINY["vocab_size"])
+  text = np.stack([ids, mask, types], axis=1)[:n, :, :t].astype(np.float32)
+  rng = np.random.default_rng(3)
+  inputs = {"text": text, "audio": rng.normal(size=(n, 9, 5)).astype(np.float32),
+            "vision": rng.normal(size=(n, 7, 20)).astype(np.float32)}
+  masks = {"text": mask[:n, :t] > 0, "audio": np.ones((n, 9), bool),
+           "vision": np.ones((n, 7), bool)}
+  return {"inputs": inputs, "masks": masks, "label": np.float32([0.5, -1.0])[:n],
+          "valid": np.ones(n, bool)}
+
+
+def test_text_levels_are_the_configured_hidden_states(tmp_path):
+  from clcr_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  path = bf.write_tiny_bert(tmp_path / "ckpt")
+  config = tiny_bert_config(path)
+  module, params = bert.load_pretrained(path)
+  batch = token_batch(3)
+  hidden = module.apply({"params": params}, batch["inputs"]["text"][:, 0],
+                        batch["masks"]["text"], batch["inputs"]["text"][:, 2])
+  for levels in [(0, 1, 2), (0, 2, 2)][:1]:
+    enc = backbones.ModalityEncoder(name_="text", kind="token_ids", backbone="bert",
+                                    bert=config.model.bert)
+    out = enc.apply({"params": {"bert": params}}, batch["inputs"]["text"],
+                    batch["masks"]["text"], False)
+    assert len(out) == 3
+    for (tokens, mask), l in zip(out, levels):
+      np.testing.assert_array_equal(tokens, hidden[l])
+      np.testing.assert_array_equal(mask, batch["masks"]["text"])
+  with pytest.raises(ValueError, match=r"bert\.levels=\(1, 2, 3\).*\[0, 2\]"):
+    bert.check_levels((1, 2, 3), 2)
+  with pytest.raises(ValueError, match="kind 'token_ids' and backbone 'bert' go together"):
+    backbones.ModalityEncoder(name_="text", kind="token_ids", backbone="tcn").init(
+        {"params": np.zeros(2, np.uint32)}, batch["inputs"]["text"], batch["masks"]["text"],
+        False)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_and_the_two_learning_rates(tmp_path, freeze):
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  from clcr_jax import losses, models, optim, train_lib  # pylint: disable=import-outside-toplevel
+  path = bf.write_tiny_bert(tmp_path / "ckpt")
+  config = tiny_bert_config(path, learning_rate=1e-2, bert_learning_rate=1e-4)
+  config.model.bert.freeze = freeze
+  model = models.build_model(config.model)
+  batch = token_batch()
+  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                         batch["inputs"], batch["masks"], train=False)
+  params = bert.insert_pretrained(variables["params"], config.model)
+  _, loaded = bert.load_pretrained(path)
+  np.testing.assert_array_equal(
+      params["semantic_hierarchy"]["backbone_text"]["bert"]["layer_1_key"]["kernel"],
+      loaded["layer_1_key"]["kernel"])
+  tx = optim.make_optimizer(config.train, 1, config.model)
+  state = {"params": params, "batch_stats": {}, "opt_state": tx.init(params),
+           "step": np.int32(0)}
+  n_bert = sum(x.size for x in jax.tree.leaves(
+      params["semantic_hierarchy"]["backbone_text"]["bert"]))
+  n_all = sum(x.size for x in jax.tree.leaves(params))
+  n_state = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
+  # One momentum trace per trained parameter (plus step counters); none for a frozen BERT.
+  assert 0 <= n_state - (n_all - n_bert if freeze else n_all) < 5
+  step = jax.jit(lambda s, b: train_lib.make_train_step(
+      model, tx, optim.make_schedule(config.train, 1), config)(s, b, jax.random.key(2),
+                                                               losses.BatchAxis(None)))
+
+  def loss_grads(p):
+    def loss(p):
+      (pred, aux) = model.apply({"params": p}, batch["inputs"], batch["masks"], train=True,
+                                rngs={"dropout": jax.random.fold_in(jax.random.key(2), 0)})
+      return losses.total_loss(pred, aux, batch, config.loss, "regression",
+                               losses.BatchAxis(None), config.model)[0]
+    return jax.jit(jax.grad(loss))(p)
+
+  grads = traverse_util.flatten_dict(loss_grads(params), sep="/")
+  new, _ = step(state, batch)
+  before = traverse_util.flatten_dict(params, sep="/")
+  after = traverse_util.flatten_dict(jax.device_get(new["params"]), sep="/")
+  checked = {"bert": 0, "rest": 0}
+  for k, g in grads.items():
+    delta = np.asarray(after[k]) - np.asarray(before[k])
+    group = "bert" if "/bert/" in k else "rest"
+    if group == "bert" and freeze:
+      np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+      assert not np.any(g), k  # stop_gradient: nothing flows into a frozen BERT
+      checked[group] += 1
+      continue
+    lr = config.train.bert_learning_rate if group == "bert" else config.train.learning_rate
+    g = np.asarray(g, np.float64)
+    if np.abs(g).max() > 1e-4:
+      # The update is -lr * gradient: its projection on the gradient, over |g|^2, is -lr
+      # (element-wise, float32 rounding of params + update blurs the small entries).
+      np.testing.assert_allclose(np.sum(delta * g) / np.sum(g * g), -lr, rtol=2e-3, err_msg=k)
+      np.testing.assert_allclose(delta, -lr * g, atol=1e-7 + 1e-3 * lr * np.abs(g).max(),
+                                 err_msg=k)
+      checked[group] += 1
+  assert checked["bert"] > 10 and checked["rest"] > 10, checked
+  assert n_bert > 0

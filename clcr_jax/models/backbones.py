@@ -6,12 +6,15 @@
 * `ResNet18` (OGM-GE's AV backbone, trained from scratch): layer2 / layer3 / layer4 are the
   levels. For spectrograms [B, F, T] (1 channel), clips [B, F, H, W, C] (RGB 3 or flow 2 channels,
   frames encoded independently).
+* `bert.Bert` (models/bert.py): token ids [B, 3, T] (MMSA `text_bert` rows: ids, attention
+  mask, segment ids); the hidden states `config.model.bert.levels` are the levels.
 * `ModalityEncoder` picks the backbone from config and turns each level into tokens with a mask.
 
 Input kinds (`config.model.modalities[m].kind`):
   'sequence' [B, T, D], mask [B, T];      'vector' [B, D], mask [B, 1];
   'spectrogram' [B, F_freq, T], mask [B, T];  'video' [B, F, H, W, C], mask [B, F];
-  'feature_map' [B, S, h, w, C] (precomputed CNN maps per segment), mask [B, S].
+  'feature_map' [B, S, h, w, C] (precomputed CNN maps per segment), mask [B, S];
+  'token_ids' [B, 3, T] (ids, attention mask, segment ids; float or int), mask [B, T].
 Output: three (tokens [B, T_l, D_l], mask bool[B, T_l]) pairs. Tokens are time-major.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clcr_jax.models import bert as bert_lib
 from clcr_jax.models import layers
 
 Dtype = Any
@@ -139,11 +143,13 @@ class ModalityEncoder(nn.Module):
   Attributes:
     name_: modality name (for error messages).
     kind: input layout (module docstring).
-    backbone: 'tcn' or 'resnet18'.
+    backbone: 'tcn', 'resnet18' or 'bert' (kind 'token_ids' only).
     tcn_width, kernel_size, dilations: TCN settings.
     resnet_width: ResNet-18 base width; spatial_grid: tokens per frame = grid**2 for clips.
     remat: recompute each ResNet basic block in the backward pass (the TCN is rematerialised
       as a whole by the caller).
+    bert: the resolved `config.model.bert` block (sizes, levels, freeze) for backbone 'bert';
+      attention: `config.model.attention` for its self-attention.
   """
   name_: str
   kind: str
@@ -154,20 +160,29 @@ class ModalityEncoder(nn.Module):
   resnet_width: int = 64
   spatial_grid: int = 1
   remat: bool = False
+  bert: Any = None
+  attention: str = "auto"
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def _check(self, x, mask):
-    ranks = {"sequence": 3, "vector": 2, "spectrogram": 3, "video": 5, "feature_map": 5}
+    ranks = {"sequence": 3, "vector": 2, "spectrogram": 3, "video": 5, "feature_map": 5,
+             "token_ids": 3}
     if self.kind not in ranks:
       raise ValueError(f"modality {self.name_!r}: kind must be one of {sorted(ranks)}, "
                        f"found {self.kind!r}")
     if x.ndim != ranks[self.kind]:
       raise ValueError(f"modality {self.name_!r} (kind {self.kind!r}): expected a rank-"
                        f"{ranks[self.kind]} input, found shape {x.shape}")
+    if self.kind == "token_ids" and x.shape[1] != 3:
+      raise ValueError(f"modality {self.name_!r} (kind 'token_ids'): expected [B, 3, T] (input "
+                       f"ids, attention mask, segment ids), found shape {x.shape}")
+    if (self.kind == "token_ids") != (self.backbone == "bert"):
+      raise ValueError(f"modality {self.name_!r}: kind 'token_ids' and backbone 'bert' go "
+                       f"together, found kind {self.kind!r} with backbone {self.backbone!r}")
     tokens = {"sequence": x.shape[1], "vector": 1, "spectrogram": x.shape[-1],
-              "video": x.shape[1], "feature_map": x.shape[1]}[self.kind]
+              "video": x.shape[1], "feature_map": x.shape[1], "token_ids": x.shape[-1]}[self.kind]
     if mask.shape != (x.shape[0], tokens):
       raise ValueError(f"modality {self.name_!r}: expected mask shape {(x.shape[0], tokens)} "
                        f"for input {x.shape}, found {mask.shape}")
@@ -207,5 +222,22 @@ class ModalityEncoder(nn.Module):
         return out
       raise ValueError(f"modality {self.name_!r}: backbone 'resnet18' takes kind 'spectrogram' "
                        f"or 'video', found {self.kind!r}")
-    raise ValueError(f"modality {self.name_!r}: backbone must be 'tcn' or 'resnet18', "
+    if self.backbone == "bert":
+      return self._bert_levels(x, mask, train)
+    raise ValueError(f"modality {self.name_!r}: backbone must be 'tcn', 'resnet18' or 'bert', "
                      f"found {self.backbone!r}")
+
+  def _bert_levels(self, x, mask, train: bool) -> list[Level]:
+    """BERT hidden states `bert.levels` of ids x[:, 0] and segment ids x[:, 2], padded by mask.
+
+    A frozen BERT is a fixed feature extractor: no dropout, no gradient (stop_gradient).
+    """
+    cfg = self.bert
+    levels = bert_lib.check_levels(cfg.levels, cfg.num_hidden_layers)
+    net = bert_lib.module_from_config(cfg, self.attention, self.dtype, self.param_dtype,
+                                      name="bert")
+    hidden = net(x[:, 0], mask, x[:, 2], train=train and not cfg.freeze)
+    outs = [hidden[l] for l in levels]
+    if cfg.freeze:
+      outs = [jax.lax.stop_gradient(o) for o in outs]
+    return [(o, mask) for o in outs]

@@ -236,3 +236,84 @@ def load_pretrained(path: str, dtype: Dtype = jnp.float32,
   tensors = read_tensors(path)
   return module, params_from_tensors(module, tensors,
                                      where=os.path.join(path, "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The 'bert' backbone of CLCR (config.model.bert, models/defaults.py)
+# ---------------------------------------------------------------------------------------------
+def uses_bert(model_config) -> bool:
+  return any(spec.backbone == "bert" for spec in model_config.modalities.values())
+
+
+def check_levels(levels, num_hidden_layers: int) -> tuple[int, int, int]:
+  levels = tuple(int(l) for l in levels)
+  if (len(levels) != 3 or list(levels) != sorted(set(levels))
+      or not all(0 <= l <= num_hidden_layers for l in levels)):
+    raise ValueError(f"config.model.bert.levels={levels}: expected three increasing hidden-state "
+                     f"indices in [0, {num_hidden_layers}] (0 = embeddings; the paper's "
+                     f"(4, 8, 12) for 12 layers, (2, 4, 6) for 6)")
+  return levels
+
+
+def module_from_config(bert_config, attention: str = "auto", dtype: Dtype = jnp.float32,
+                       param_dtype: Dtype = jnp.float32, name: str | None = None) -> Bert:
+  """The `Bert` of a resolved `config.model.bert` block."""
+  return Bert(**{k: bert_config[k] for k in HF_FIELDS}, attention=attention, dtype=dtype,
+              param_dtype=param_dtype, name=name)
+
+
+def resolve_config(model_config) -> None:
+  """Fills `model_config.bert`'s sizes from bert.path's config.json (in place) and checks the
+  levels; a no-op without a 'bert' backbone."""
+  if not uses_bert(model_config):
+    return
+  cfg = model_config.bert
+  if cfg.path:
+    path = os.path.expanduser(cfg.path)
+    hf = read_hf_config(path)
+    module = module_from_hf_config(hf, where=os.path.join(path, "config.json"))
+    for k in HF_FIELDS:
+      cfg[k] = type(cfg[k])(getattr(module, k))
+  elif not cfg.random_init:
+    raise ValueError("config.model.bert.path is empty: point it at a local Hugging Face BERT "
+                     "directory (config.json + model.safetensors, e.g. bert-base-uncased), or "
+                     "set config.model.bert.random_init=True to train from random weights")
+  check_levels(cfg.levels, cfg.num_hidden_layers)
+
+
+def insert_pretrained(params, model_config):
+  """`params` with every BERT backbone's weights replaced by those at config.model.bert.path
+  (host numpy arrays in the parameters' dtypes).
+
+  The BERT of modality m is the subtree `.../backbone_<m>/bert`; shapes must match the
+  initialised ones (they do when the config was resolved from the same directory).
+  """
+  if not uses_bert(model_config) or not model_config.bert.path:
+    return params
+  _, loaded = load_pretrained(model_config.bert.path)
+  names = {f"backbone_{m}" for m, spec in model_config.modalities.items()
+           if spec.backbone == "bert"}
+  found = []
+
+  def replace(tree, path):
+    out = {}
+    for k, v in tree.items():
+      if k == "bert" and path and path[-1] in names:
+        want = jax.tree.map(lambda x: x.shape, v)
+        got = jax.tree.map(lambda x: x.shape, loaded)
+        if want != got:
+          raise CheckpointError(f"{model_config.bert.path}: weights do not match the model's "
+                                f"BERT ({'/'.join(path + (k,))}); was the config resolved from "
+                                "another checkpoint?")
+        out[k] = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), loaded, v)
+        found.append("/".join(path + (k,)))
+      elif isinstance(v, Mapping):
+        out[k] = replace(v, path + (k,))
+      else:
+        out[k] = v
+    return out
+
+  new = replace(params, ())
+  if not found:
+    raise ValueError(f"no BERT backbone parameters (.../{sorted(names)}/bert) in the model")
+  return new

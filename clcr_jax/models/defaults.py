@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from clcr_jax.models import bert
 from clcr_jax.models import mbt
 from clcr_jax.models import misa
 from clcr_jax.models import mult
@@ -55,6 +56,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.resnet = ml_collections.ConfigDict()
   c.resnet.base_width = 64        # 64 = standard ResNet-18
   c.resnet.spatial_grid = 1       # clip tokens per frame = grid**2. DEFAULT
+  # Backbone 'bert' (kind 'token_ids', models/bert.py): the text levels are BERT hidden states.
+  c.bert = ml_collections.ConfigDict()
+  # A local Hugging Face directory (config.json + model.safetensors), e.g. bert-base-uncased;
+  # its config.json fills the sizes below at launch. Nothing is downloaded.
+  c.bert.path = ""
+  c.bert.random_init = False      # allow path '' (random weights; benchmarks, smoke tests)
+  # Hidden states used as the shallow/mid/deep levels (0 = embeddings' output, l = after layer
+  # l): the paper's 4/8/12 of a 12-layer BERT; (2, 4, 6) for a 6-layer one.
+  c.bert.levels = (4, 8, 12)
+  # No gradient, no dropout, no optimiser state for BERT; else it is fine-tuned at
+  # config.train.bert_learning_rate.
+  c.bert.freeze = False
+  # Sizes (Hugging Face config.json names: vocab_size, hidden_size, num_hidden_layers, ...),
+  # bert-base-uncased's by default (models/bert.py's Bert); overwritten from bert.path.
+  for field in bert.HF_FIELDS:
+    c.bert[field] = getattr(bert.Bert, field)
 
   c.budget = ml_collections.ConfigDict()
   c.budget.participation_init = 0.68  # B_l / T at init; the paper's optimum r ~ 0.68

@@ -84,6 +84,7 @@ class SemanticHierarchy(nn.Module):
           name_=m, kind=spec.kind, backbone=spec.backbone, tcn_width=cfg.tcn.width or cfg.d,
           kernel_size=cfg.tcn.kernel_size, dilations=tuple(cfg.tcn.dilations),
           resnet_width=cfg.resnet.base_width, spatial_grid=cfg.resnet.spatial_grid,
+          bert=cfg.bert if spec.backbone == "bert" else None, attention=cfg.attention,
           remat=cfg.remat and not whole, axis_name=self.axis_name, dtype=dtype,
           param_dtype=param_dtype, name=f"backbone_{m}")(inputs[m], masks[m], train)
       if len(out) != 3:

@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.total_steps = -1     # filled in at launch (num_epochs * steps/epoch, capped)
   config.train.optimizer = "sgd"    # 'sgd' | 'adamw'
   config.train.learning_rate = 1e-3
+  # The parameters of a 'bert' backbone (models/bert.py), when not frozen: MMSA fine-tunes BERT
+  # at 5e-5 beside 1e-3 for the rest. Same optimiser and schedule shape (clcr_jax/optim.py).
+  config.train.bert_learning_rate = 5e-5
   config.train.momentum = 0.9
   config.train.weight_decay = 1e-4
   config.train.schedule = "step"    # 'constant' | 'step' | 'cosine'

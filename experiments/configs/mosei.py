@@ -13,6 +13,8 @@ Variants (`:arg`, comma-separated; the same as mosi.py):
   format=mult    MulT pickles (`mosei_senti_data_noalign.pkl` / `mosei_senti_data.pkl`);
                  format=auto takes whichever is in the root
   model=late_fusion | flat_attention | mult | mbt | misa, tiny
+  text=bert      MMSA `text_bert` ids through a local pre-trained BERT (hidden states 4/8/12 as
+                 the text levels): --config.model.bert.path=/models/bert-base-uncased
 
 Data (data_formats.md §1.1):
   root default ../shared/data/MOSEI (or <root>/Processed/)

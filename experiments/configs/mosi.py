@@ -15,6 +15,14 @@ Variants (`--config=experiments/configs/mosi.py:<arg>`, comma-separated):
                            format=auto takes whichever of MMSA / MulT is in the root
   model=late_fusion        reference fusions on the same backbones (also flat_attention,
                            mult, mbt, misa)
+  text=bert                the paper's text levels: MMSA `text_bert` token ids [3, 50] through
+                           a pre-trained BERT, hidden states 4 / 8 / 12 as the three levels,
+                           fine-tuned at train.bert_learning_rate (5e-5, MMSA's; the rest 1e-3).
+                           Point it at a local Hugging Face directory (config.json +
+                           model.safetensors; nothing is downloaded), e.g.
+                           --config.model.bert.path=/models/bert-base-uncased
+                           (a 6-layer model: --config.model.bert.levels='(2, 4, 6)';
+                           --config.model.bert.freeze=True keeps BERT fixed)
   tiny                     a seconds-long CPU smoke setting (d = 16, batch 8)
   e.g. --config=experiments/configs/mosi.py:aligned,format=mult
 
@@ -28,8 +36,8 @@ Data (data_formats.md §1.1; config.data fields documented in data_pipelines/rea
 Model (spec §8.1-8.2): d = 128, 4 heads, d_sh = d_pr = 64; every modality is Linear(D -> d) + a
   3-stage dilated TCN (k 3, dilations 1/2/4: receptive fields 3 / 7 / 15 frames) whose stage
   outputs are the three levels. DEVIATION: the paper's text levels are hidden states of a
-  fine-tuned BERT (layers 4/8/12); the BERT backbone is not implemented yet, so the text levels
-  come from MMSA's precomputed BERT features through the same TCN.
+  fine-tuned BERT (layers 4/8/12): that is `text=bert`. The default (`text=features`) takes
+  the text levels from MMSA's precomputed BERT features through the same TCN instead.
 Optimisation (paper, spec §4/§8.8): SGD momentum 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs,
   StepLR(70, x0.1).
 Selection (MMSA `KeyEval = "Loss"`): validation every epoch; the checkpoint with the lowest
@@ -52,9 +60,15 @@ DATA_DIRS = {"mosi": "MOSI", "mosei": "MOSEI"}
 
 def msa_config(dataset: str, arg: str | None):
   """The MOSI / MOSEI config (they differ only in the files the reader looks for)."""
-  arg = common.parse_arg(arg, model="clcr", format="mmsa", aligned=False, tiny=False)
+  arg = common.parse_arg(arg, model="clcr", format="mmsa", aligned=False, tiny=False,
+                         text="features")
   if arg.format not in ("mmsa", "mult", "auto"):
     raise ValueError(f"format={arg.format!r}: expected 'mmsa', 'mult' or 'auto'")
+  if arg.text not in ("features", "bert"):
+    raise ValueError(f"text={arg.text!r}: expected 'features' (MMSA's BERT features through a "
+                     "TCN) or 'bert' (token ids through a pre-trained BERT)")
+  if arg.text == "bert" and arg.format == "mult":
+    raise ValueError("text=bert needs MMSA pickles (`text_bert`); MulT's hold GloVe vectors")
   config = common.paper_recipe(common.base_config())
   config.seed = SEEDS[0]
   config.model.name = _benchmark.check_model(arg.model)
@@ -64,7 +78,8 @@ def msa_config(dataset: str, arg: str | None):
       path="",                 # an explicit pickle file instead of root's standard names
       format=arg.format,       # 'mmsa' | 'mult' | 'auto'
       aligned=arg.aligned,
-      text_field="text",       # 'text' (BERT features) | 'text_bert' (ids; needs a BERT backbone)
+      # 'text' (BERT features) | 'text_bert' (ids, mask, segment ids; the 'bert' backbone)
+      text_field="text_bert" if arg.text == "bert" else "text",
       padding_side="auto",     # 'auto' | 'left' | 'right'
       nan_to_zero=False,
   ))
@@ -76,6 +91,9 @@ def msa_config(dataset: str, arg: str | None):
   config.model.num_heads = 4
   for m in ("text", "audio", "vision"):
     config.model.modalities[m] = models.modality("sequence", "tcn")
+  if arg.text == "bert":
+    config.model.modalities.text = models.modality("token_ids", "bert")
+    config.model.bert.levels = (4, 8, 12)  # the paper's, for a 12-layer BERT
   config.loss.regression = "l1"
 
   config.eval.select_on = "valid"
