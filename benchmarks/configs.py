@@ -6,6 +6,10 @@
   per modality, d = 512, 8 heads, 6 classes; batch 64 on GPU, 8 on CPU.
 * synthetic: experiments/configs/synthetic.py's model (d = 64, 4 heads, TCN) on the synthetic
   generator's three sequence modalities (audio 48 x 16, text 24 x 24, vision 32 x 12), 8 classes.
+* mosi_bert (JAX only so far, not in NAMES / `--config all`): `mosi.py:text=bert`'s shape, MMSA
+  `text_bert` ids [3, 50] through a bert-base-sized BERT (12 layers, 768, random weights;
+  levels 4/8/12, fine-tuned at lr 5e-5), audio and vision as mosi. The PyTorch side (HF
+  BertModel in torch_impl) is not written yet.
 MulT and MBT (BASELINE_VARIANTS) run as JAX variants of each configuration in the CPU table.
 Every configuration trains with the paper's optimiser (SGD momentum 0.9, lr 1e-3, wd 1e-4) in
 both frameworks. Only jax, numpy and ml_collections are imported here.
@@ -22,6 +26,7 @@ from clcr_jax import losses
 from clcr_jax import models
 
 NAMES = ("mosi", "cremad", "synthetic")
+JAX_ONLY_NAMES = ("mosi_bert",)  # no PyTorch implementation yet: run with --config=mosi_bert
 # The field's fusion baselines timed next to CLCR in the CPU table (run.py --baselines): JAX
 # variants of the same configuration (same backbones, batch and optimiser), model.name only.
 BASELINE_VARIANTS = (("mult", {"name": "mult"}), ("mbt", {"name": "mbt"}))
@@ -52,6 +57,7 @@ def train_config(steps_per_epoch: int) -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   t.optimizer = "sgd"
   t.learning_rate = 1e-3
+  t.bert_learning_rate = 5e-5  # mosi_bert's BERT parameters (MMSA)
   t.momentum = 0.9
   t.weight_decay = 1e-4
   t.schedule = "step"
@@ -71,10 +77,13 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
   applied to the model config (dotted keys)."""
   model = models.default_config()
   model.name = "clcr"
-  if name == "mosi":
+  if name in ("mosi", "mosi_bert"):
     model.task, model.d, model.num_heads = "regression", 128, 4
     shapes = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
     kinds = {m: "sequence" for m in shapes}
+    if name == "mosi_bert":  # bert-base sizes are model.bert's defaults
+      shapes["text"], kinds["text"] = (3, 50), "token_ids"
+      model.bert.random_init = True
     batch = batch_size or 64
     steps_per_epoch = 1284 // 64
     desc = "MOSI unaligned: text 50x768, audio 375x5, vision 500x20; d=128, 4 heads, TCN"
@@ -95,9 +104,10 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
     steps_per_epoch = 4096 // 64
     desc = "synthetic: audio 48x16, text 24x24, vision 32x12; d=64, 4 heads, TCN, 8 classes"
   else:
-    raise ValueError(f"unknown benchmark {name!r}; expected one of {NAMES}")
+    raise ValueError(f"unknown benchmark {name!r}; expected one of {NAMES + JAX_ONLY_NAMES}")
+  backbone = {"sequence": "tcn", "token_ids": "bert"}
   for m, kind in kinds.items():  # TCN over feature sequences, ResNet-18 over images and audio
-    model.modalities[m] = models.modality(kind, "tcn" if kind == "sequence" else "resnet18")
+    model.modalities[m] = models.modality(kind, backbone.get(kind, "resnet18"))
   for key, value in (overrides or {}).items():
     node = model
     *parents, leaf = key.split(".")
@@ -110,7 +120,8 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
 
 
 def token_count(kind: str, shape) -> int:
-  return {"sequence": shape[0], "spectrogram": shape[-1], "video": shape[0]}[kind]
+  return {"sequence": shape[0], "spectrogram": shape[-1], "video": shape[0],
+          "token_ids": shape[-1]}[kind]
 
 
 def make_batch(bench: Benchmark, seed: int = 0) -> dict[str, Any]:
@@ -122,7 +133,12 @@ def make_batch(bench: Benchmark, seed: int = 0) -> dict[str, Any]:
   for m, shape in bench.shapes.items():
     inputs[m] = rng.standard_normal((b,) + tuple(shape), dtype=np.float32)
     t = token_count(bench.kinds[m], shape)
-    if bench.kinds[m] == "sequence":
+    if bench.kinds[m] == "token_ids":  # [CLS] w ... [SEP] then padding, like MMSA's rows
+      lengths = rng.integers(int(0.3 * t), t + 1, b)
+      masks[m] = np.arange(t)[None] < lengths[:, None]
+      ids = rng.integers(1000, 29000, (b, t)) * masks[m]
+      inputs[m] = np.stack([ids, masks[m], np.zeros((b, t))], axis=1).astype(np.float32)
+    elif bench.kinds[m] == "sequence":
       lengths = rng.integers(int(0.7 * t), t + 1, b)
       masks[m] = np.arange(t)[None] < lengths[:, None]
       inputs[m] *= masks[m][..., None]

@@ -56,7 +56,7 @@ class JaxImpl:
     cfg = self.config
     self.dp = parallel.DataParallel("jit")
     model = models.build_model(cfg.model)
-    tx = optim.make_optimizer(cfg.train, cfg.train.steps_per_epoch)
+    tx = optim.make_optimizer(cfg.train, cfg.train.steps_per_epoch, cfg.model)
     schedule = optim.make_schedule(cfg.train, cfg.train.steps_per_epoch)
     self.batch = self.dp.put_batch(host_batch)
     init_key, self.rng = jax.random.split(jax.random.key(0))
