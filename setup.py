@@ -18,8 +18,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # tf.data pipelines, TFDS, and the file formats of the audio-visual benchmarks.
+    # importlib-resources: TFDS 4.9.10 imports it when preparing any dataset (dataset_builder.py
+    # code_path) but declares it only for Python < 3.9; array-record: TFDS's random-access files.
     "tf": ["tensorflow-cpu>=2.21,<2.22", "tensorflow-datasets>=4.9.10,<5", "h5py>=3.10",
-           "pillow>=10"],
+           "pillow>=10", "importlib-resources>=6", "array-record>=0.5"],
     "notebook": ["jupyter", "matplotlib>=3.8", "ipykernel"],
     "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "matplotlib>=3.8",
              "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "h5py>=3.10", "pillow>=10",

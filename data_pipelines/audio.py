@@ -278,6 +278,11 @@ class AudioFeature:
   def from_wav(self, path: str) -> np.ndarray:
     """Computes the feature from a wav file: float32 [n_freq, n_time]."""
     x, rate = read_wav(path)
+    return self.from_samples(x, rate, path)
+
+  def from_samples(self, x: np.ndarray, rate: int, where: str) -> np.ndarray:
+    """The feature of float32 [channels, n] samples in [-1, 1) at `rate` (as read_wav gives)."""
+    path = where
     if self.kind == "fbank":
       x = x - x.mean()  # MLA / OGM-GE KS remove the mean of the whole (multi-channel) waveform
       target = self.sample_rate or rate
