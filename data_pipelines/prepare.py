@@ -2,6 +2,10 @@
 
     python -m data_pipelines.prepare cremad --root /data/CREMA-D [--out DIR] [--splits train,test]
         [--set audio_feature=fbank --set num_frames=3 ...] [--workers 2]
+    python -m data_pipelines.prepare mosi --root /data/MOSI --format=tfds --out DIR
+
+`--format=tfds` instead stores the reader's splits as a TFDS dataset (ArrayRecord) for pods; see
+`data_pipelines.tfds_store` and the 'tfds' reader (config.data.tfds_name='clcr_<dataset>').
 
 The readers (`clip_reader.ClipReader`) use the cache when `config.data.cache` is 'auto' (default:
 when `<cache_dir>/<split>` exists and matches the config) or 'require'. `--out` defaults to
@@ -147,8 +151,9 @@ def _read_clip(i: int):
 class Progress:
   """A one-line progress bar on stderr: count, rate, ETA."""
 
-  def __init__(self, total: int, label: str):
+  def __init__(self, total: int, label: str, unit: str = "clips"):
     self.total, self.label, self.start, self.done = total, label, time.time(), 0
+    self.unit = unit
 
   def update(self, n: int = 1) -> None:
     self.done += n
@@ -159,7 +164,7 @@ class Progress:
       width = 30
       filled = int(width * self.done / max(self.total, 1))
       sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                       f"{self.done}/{self.total} {rate:.1f} clips/s ETA {eta:.0f}s ")
+                       f"{self.done}/{self.total} {rate:.1f} {self.unit}/s ETA {eta:.0f}s ")
       if self.done == self.total:
         sys.stderr.write("\n")
       sys.stderr.flush()
@@ -270,16 +275,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="reader config field, e.g. --set audio_feature=fbank (repeatable)")
   parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  parser.add_argument("--format", choices=("cache", "tfds"), default="cache",
+                      help="cache: the clip cache (default); tfds: a TFDS dataset in --out")
+  parser.add_argument("--name", default=None,
+                      help="TFDS dataset name for --format=tfds (default clcr_<dataset>)")
   args = parser.parse_args(argv)
+  if args.format == "tfds" and not args.out:
+    parser.error("--format=tfds needs --out (the TFDS data_dir to write)")
   overrides = {}
   for item in args.set:
     key, sep, value = item.partition("=")
     if not sep:
       parser.error(f"--set expects KEY=VALUE, found {item!r}")
     overrides[key.strip()] = _parse_value(value.strip())
+  splits = [s for s in args.splits.split(",") if s]
   try:
-    done = prepare(args.dataset, args.root, args.out,
-                   [s for s in args.splits.split(",") if s], overrides, args.workers)
+    if args.format == "tfds":
+      return _main_tfds(args, splits, overrides)
+    done = prepare(args.dataset, args.root, args.out, splits, overrides, args.workers)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -287,6 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{split}: {folder}")
   print("use it with config.data.cache='auto' (default) and config.data.cache_dir=<--out> when "
         "--out is not <root>/clcr_cache")
+  return 0
+
+
+def _main_tfds(args, splits, overrides) -> int:
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from data_pipelines import registry  # pylint: disable=import-outside-toplevel
+  from data_pipelines import tfds_store  # pylint: disable=import-outside-toplevel
+  fields = dict(overrides, name=args.dataset, root=args.root)
+  reader = registry.get_reader(ml_collections.ConfigDict(fields))
+  folder = tfds_store.write_tfds(reader, args.out, splits, name=args.name)
+  name = os.path.basename(os.path.dirname(folder))
+  print(f"{folder}\nuse it with config.data.name='tfds', config.data.tfds_name={name!r}, "
+        f"config.data.data_dir={os.path.abspath(args.out)!r}")
   return 0
 
 
