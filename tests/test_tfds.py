@@ -166,3 +166,22 @@ def test_tfrecord_dataset_is_refused_with_how_to_convert(tmp_path):
       split_datasets={"train": examples()})
   with pytest.raises(DataError, match="array_record"):
     reader(name="tfds", tfds_name="rec", data_dir=str(tmp_path), fields={"x": "x"})
+
+
+def test_cremad_config_source_tfds_reads_crema_d(tmp_path):
+  from experiments.configs import cremad  # pylint: disable=import-outside-toplevel
+  def examples(n):
+    for i in range(n):
+      yield i, {"audio": np.arange(8000, dtype=np.int64) % 300, "label": i % 6,
+                "speaker_id": f"10{i:02d}"}
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="crema_d", version="1.0.0", features=crema_d_features(), data_dir=str(tmp_path),
+      split_datasets={"train": examples(4), "validation": examples(2), "test": examples(2)},
+      file_format="array_record", disable_shuffling=True)
+  config = cremad.get_config("source=tfds,tiny")
+  config.data.data_dir = str(tmp_path)
+  r = registry.get_reader(config.data)
+  assert r.splits == ("train", "valid", "test") and list(r.modalities) == ["audio"]
+  assert config.eval.select_on == "valid" and list(config.model.modalities) == ["audio"]
+  batch = batches(r, "train", train=True)[0]
+  assert batch["inputs"]["audio"].shape == (4, 257, 188)

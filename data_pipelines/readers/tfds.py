@@ -85,7 +85,9 @@ class TfdsReader(base.DatasetReader):
 
   def __init__(self, config):
     super().__init__(config)
-    unknown = sorted(set(config.keys()) - set(DEFAULTS) - {"name", "backend"})
+    # Fields every config has (experiments/configs/common.py), used by train_lib, not here.
+    common = {"name", "backend", "root", "train_split", "test_split", "valid_split"}
+    unknown = sorted(set(config.keys()) - set(DEFAULTS) - common)
     if unknown:
       raise ValueError(f"config.data fields {unknown} are not fields of the 'tfds' reader; "
                        f"fields: {sorted(DEFAULTS)}")
@@ -101,6 +103,8 @@ class TfdsReader(base.DatasetReader):
     available = list(info.splits)
     wanted = _as_dict(o["splits"]) or {("valid" if s == "validation" else s): s
                                        for s in available}
+    rank = {"train": 0, "valid": 1, "test": 2}  # a ConfigDict sorts keys; keep this order
+    wanted = dict(sorted(wanted.items(), key=lambda kv: (rank.get(kv[0], 3), kv[0])))
     for ours, theirs in wanted.items():
       if theirs not in available:
         raise DataError(f"{where}: no split {theirs!r} (for config.data.splits[{ours!r}]); "

@@ -19,6 +19,13 @@ Variants (`:arg`, comma-separated):
                           mla: MLA's my_{train,test}_cre.txt (another random 90/10 split)
   select_on=auto|valid|test   auto (default): valid when the split has one, else test
   model=late_fusion | flat_attention | mult | mbt | misa, tiny
+  source=raw|tfds         tfds: TFDS's own `crema_d` (AUDIO ONLY, speaker split 5144 / 738 /
+                          1556, TFDS label order NEU, HAP, SAD, ANG, FEA, DIS), prepared
+                          beforehand with `tfds build crema_d --data_dir=DIR
+                          --file_format=array_record` (nothing is downloaded at run time);
+                          --config.data.data_dir=DIR (default ../shared/data/tensorflow_datasets).
+                          Its 16 kHz waveforms become the same OGM-GE spectrogram [257, 188];
+                          selection on valid.
 
 Data (data_formats.md §1.2; fields in data_pipelines/readers/cremad.py and clip_reader.py):
   root default ../shared/data/CREMA-D: AudioWAV/<clip>.wav, Image-01-FPS/<clip>/*.jpg (1 fps,
@@ -43,11 +50,15 @@ from experiments.configs import common
 
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, model="clcr", split="ogm", valid_list="", select_on="auto",
-                         tiny=False)
+                         tiny=False, source="raw")
   if arg.split not in cremad_reader.SPLIT_FORMATS:
     raise ValueError(f"split={arg.split!r}: expected one of {cremad_reader.SPLIT_FORMATS}")
   config = common.paper_recipe(common.base_config())
   config.model.name = _benchmark.check_model(arg.model)
+  if arg.source not in ("raw", "tfds"):
+    raise ValueError(f"source={arg.source!r}: expected 'raw' or 'tfds'")
+  if arg.source == "tfds":
+    return _tfds_config(config, arg)
 
   _benchmark.set_data(config, "cremad", cremad_reader.CremaDReader.default_config())
   config.data.root = _benchmark.data_root("CREMA-D")
@@ -66,6 +77,26 @@ def get_config(arg: str | None = None):
   config.eval.select_on = _benchmark.select_on(arg.select_on, has_valid, "CREMA-D")
   config.eval.select_metric = "auto"   # accuracy, max
 
+  if arg.tiny:
+    _benchmark.scale_down(config)
+  return config
+
+
+def _tfds_config(config, arg):
+  """source=tfds: TFDS crema_d, audio only, through the 'tfds' reader's waveform front end."""
+  config.data.name = "tfds"
+  config.data.tfds_name = "crema_d"
+  config.data.data_dir = _benchmark.data_root("tensorflow_datasets")
+  config.data.splits = {"train": "train", "valid": "validation", "test": "test"}
+  config.data.fields = {"audio": "audio"}
+  config.data.frontends = {"audio": "waveform"}
+  config.data.waveform_rate = 16000
+  config.data.audio_feature = "ogm_stft"
+  config.model.task = "classification"
+  config.model.num_classes = len(cremad_reader.OGM_LABELS)
+  _benchmark.av_model(config, {"audio": ("spectrogram", "resnet18")})
+  config.eval.select_on = _benchmark.select_on(arg.select_on, True, "CREMA-D")
+  config.eval.select_metric = "auto"
   if arg.tiny:
     _benchmark.scale_down(config)
   return config
