@@ -1,6 +1,7 @@
 """The optimiser and learning-rate schedule of `config.train`.
 
-The paper's recipe (spec §4, §8.8) is SGD with momentum 0.9, lr 1e-3, weight decay 1e-4 and
+The paper's recipe (docs/model.md, Optimisation) is SGD with momentum 0.9, lr 1e-3, weight decay
+1e-4 and
 StepLR(70 epochs, x0.1), the OGM-GE defaults. Weight decay follows PyTorch's SGD: it is added to
 the gradient before momentum, on every parameter.
 """

@@ -104,7 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's optimisation (spec §4, §8.8): SGD(0.9), lr 1e-3, wd 1e-4, batch 64, 100 epochs,
+  """The paper's optimisation (docs/model.md, Optimisation): SGD(0.9), lr 1e-3, wd 1e-4, batch 64,
+  100 epochs,
   StepLR(70, x0.1)."""
   config.train.optimizer = "sgd"
   config.train.momentum = 0.9
