@@ -67,7 +67,8 @@ def train_config(steps_per_epoch: int) -> ml_collections.ConfigDict:
   t.warmup_steps = 0
   t.grad_clip_norm = 0.0
   t.modulation = "none"
-  t.total_steps = 100 * steps_per_epoch
+  t.num_epochs = 100              # optim.total_steps: num_epochs * steps_per_epoch
+  t.max_steps = -1
   t.steps_per_epoch = steps_per_epoch
   return t
 

@@ -53,7 +53,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 64      # global batch
   config.train.num_epochs = 100
   config.train.max_steps = -1       # -1: no cap
-  config.train.total_steps = -1     # filled in at launch (num_epochs * steps/epoch, capped)
   config.train.optimizer = "sgd"    # 'sgd' | 'adamw'
   config.train.learning_rate = 1e-3
   # The parameters of a 'bert' backbone (models/bert.py), when not frozen: MMSA fine-tunes BERT
