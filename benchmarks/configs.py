@@ -1,7 +1,8 @@
 """The benchmark configurations: model/loss/train configs and synthetic device-resident batches.
 
 * mosi: CMU-MOSI unaligned shape (text 50 x 768, audio 375 x 5, vision 500 x 20), d = 128,
-  4 heads, TCN backbones, regression, batch 64 (spec §8.1-8.2; experiments/configs/mosi.py).
+  4 heads, TCN backbones, regression, batch 64 (docs/model.md, Backbones and Widths;
+  experiments/configs/mosi.py).
 * cremad: CREMA-D shape (audio spectrogram 257 x 188, 3 RGB frames 224 x 224), one ResNet-18
   per modality, d = 512, 8 heads, 6 classes; batch 64 on GPU, 8 on CPU.
 * synthetic: experiments/configs/synthetic.py's model (d = 64, 4 heads, TCN) on the synthetic
@@ -66,7 +67,8 @@ def train_config(steps_per_epoch: int) -> ml_collections.ConfigDict:
   t.warmup_steps = 0
   t.grad_clip_norm = 0.0
   t.modulation = "none"
-  t.total_steps = 100 * steps_per_epoch
+  t.num_epochs = 100              # optim.total_steps: num_epochs * steps_per_epoch
+  t.max_steps = -1
   t.steps_per_epoch = steps_per_epoch
   return t
 

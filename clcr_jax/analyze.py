@@ -94,7 +94,7 @@ def input_std(predictor, reader, split: str, backend: str | None = None) -> dict
   tokens, for token-aligned inputs)."""
   s1, s2, n = collections.Counter(), collections.Counter(), collections.Counter()
   config = predictor.config
-  for batch in pipeline.eval_batches(reader, split, global_batch_size=config.eval.batch_size,
+  for batch in pipeline.eval_batches(reader, split, global_batch_size=evaluate.batch_size(config),
                                      backend=backend or config.data.backend):
     valid = np.asarray(batch["valid"], bool)
     for m, x in batch["inputs"].items():

@@ -49,6 +49,11 @@ def task_metric(task: str) -> tuple[str, str]:
   return TASK_METRICS[task]
 
 
+def batch_size(config) -> int:
+  """The global evaluation batch: `eval.batch_size`, or `train.batch_size` when that is <= 0."""
+  return config.eval.batch_size if config.eval.batch_size > 0 else config.train.batch_size
+
+
 def selection_rule(eval_config, task: str) -> tuple[str, str, str]:
   """(split, metric, mode) of model selection from `config.eval`."""
   metric, mode = eval_config.select_metric, eval_config.select_mode
@@ -189,7 +194,7 @@ class Evaluator:
     `transform(batch, i)` changes batch i before the model sees it (analyses' perturbations)."""
     chunks = []
     for i, batch in enumerate(pipeline.eval_batches(
-        self.reader, split, global_batch_size=self.config.eval.batch_size,
+        self.reader, split, global_batch_size=batch_size(self.config),
         process_index=self.process_index, process_count=self.process_count,
         backend=backend or self.config.data.backend)):
       if transform is not None:

@@ -1,4 +1,4 @@
-"""CLCR objective (spec §3, defaults §8.7), in float32:
+"""CLCR objective (docs/model.md, Losses), in float32:
 
   L = L_task + lambda_intra * L_Intra + lambda_inter * (L_pr + L_sp + L_mix) + budget penalty
 
@@ -31,11 +31,11 @@ from clcr_jax import baseline_losses
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.lambda_intra = 0.1      # DEFAULT (§8.7); the paper sweeps {0.01, 0.05, 0.1, 0.5, 1.0}
-  c.lambda_inter = 0.1      # DEFAULT (§8.7)
-  c.lambda_budget = 0.01    # DEFAULT (§8.4): keeps B_l from drifting to dense exchange
+  c.lambda_intra = 0.1      # DEFAULT (Losses); the paper sweeps {0.01, 0.05, 0.1, 0.5, 1.0}
+  c.lambda_inter = 0.1      # DEFAULT (Losses)
+  c.lambda_budget = 0.01    # DEFAULT (Budget): keeps B_l from drifting to dense exchange
   c.budget_target = 0.68    # the paper's best participation ratio
-  c.regression = "l1"       # 'l1' (MAE, MMSA family) | 'mse'. DEFAULT (§8.7)
+  c.regression = "l1"       # 'l1' (MAE, MMSA family) | 'mse'. DEFAULT (Losses)
   c.mix_pairs = ((0, 2),)   # "incompatible" level pairs for L_mix (shallow, deep). DEFAULT
   c.whiten_eps = 1e-5
   # How the R terms are reduced. 'sum' (the first release): each term is a sum over its pairs
@@ -109,7 +109,7 @@ def cross_correlation(x, y, valid, eps: float = 1e-5):
 
 def regulariser_pairs(num_levels: int, num_modalities: int):
   """Static index pairs into the stacked summaries Z = [shared; private] of shape
-  [2, L, M, N, d] (flattened to [2 L M, N, d]) for each term of spec §8.7."""
+  [2, L, M, N, d] (flattened to [2 L M, N, d]) for each term of docs/model.md, Losses."""
   idx = lambda kind, l, m: (kind * num_levels + l) * num_modalities + m
   levels, mods = range(num_levels), range(num_modalities)
   shared, private = 0, 1

@@ -1,7 +1,7 @@
 """Evaluation metrics, computed on the host in numpy float64.
 
 Every metric here reproduces the number a reference codebase reports, so that
-results can be lined up with published tables (data_formats.md §4.3):
+results can be lined up with published tables (docs/data.md, Metrics):
 
 * CMU-MOSI / CMU-MOSEI regression: `mosi_regression_metrics`, three variants
   ("mmsa" = thuiar/MMSA `metricsTop.__eval_mosei_regression`, the default;

@@ -1,6 +1,7 @@
 """The optimiser and learning-rate schedule of `config.train`.
 
-The paper's recipe (spec §4, §8.8) is SGD with momentum 0.9, lr 1e-3, weight decay 1e-4 and
+The paper's recipe (docs/model.md, Optimisation) is SGD with momentum 0.9, lr 1e-3, weight decay
+1e-4 and
 StepLR(70 epochs, x0.1), the OGM-GE defaults. Weight decay follows PyTorch's SGD: it is added to
 the gradient before momentum, on every parameter.
 """
@@ -12,12 +13,25 @@ import optax
 from clcr_jax.models import bert as bert_lib
 
 
+def total_steps(train_config, steps_per_epoch: int) -> int:
+  """The run's length in steps: `num_epochs` epochs, capped at `max_steps` when that is > 0.
+
+  Derived at launch and passed where it is needed (never stored in the config); the run
+  directory's config.json records it as `train.total_steps`.
+  """
+  steps = train_config.num_epochs * steps_per_epoch
+  if train_config.max_steps > 0:
+    steps = min(steps, train_config.max_steps)
+  return int(steps)
+
+
 def make_schedule(train_config, steps_per_epoch: int,
                   learning_rate: float | None = None) -> optax.Schedule:
   """Learning rate as a function of the step.
 
   schedule: 'constant'; 'step' (x`decay_factor` at each epoch in `decay_epochs`, like
-  torch StepLR/MultiStepLR); 'cosine' (to 0 over the run, after `warmup_steps` linear warm-up).
+  torch StepLR/MultiStepLR); 'cosine' (to 0 over the run, `total_steps(train_config,
+  steps_per_epoch)`, after `warmup_steps` linear warm-up).
   `learning_rate`: the peak, default `train_config.learning_rate`.
   """
   lr = train_config.learning_rate if learning_rate is None else learning_rate
@@ -29,7 +43,7 @@ def make_schedule(train_config, steps_per_epoch: int,
         lr, {int(e * steps_per_epoch): train_config.decay_factor
              for e in train_config.decay_epochs})
   elif kind == "cosine":
-    total = max(1, train_config.total_steps - train_config.warmup_steps)
+    total = max(1, total_steps(train_config, steps_per_epoch) - train_config.warmup_steps)
     base = optax.cosine_decay_schedule(lr, total)
   else:
     raise ValueError(f"config.train.schedule must be 'constant', 'step' or 'cosine', "

@@ -41,9 +41,6 @@ from data_pipelines import pipeline
 from data_pipelines import registry
 from data_pipelines import sampling
 
-TRAIN_STATE_KEYS = ("params", "batch_stats", "opt_state", "step")
-
-
 # ---------------------------------------------------------------------------------------------
 # Configuration resolved against the dataset
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +194,14 @@ def _identity_defaults() -> dict[str, Any]:
   return traverse_util.flatten_dict(json.loads(json.dumps(metrics_lib.json_safe(tree))), sep=".")
 
 
-def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+def run_record(config: ml_collections.ConfigDict, derived: dict[str, Any]) -> dict[str, Any]:
+  """What config.json records: `config` with the values derived at launch set at their dotted
+  keys ('train.total_steps'). Written to the workdir, never stored back into the config."""
+  flat = traverse_util.flatten_dict(config.to_dict(), keep_empty_nodes=True, sep=".")
+  return traverse_util.unflatten_dict({**flat, **derived}, sep=".")
+
+
+def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
   """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
   path = os.path.join(workdir, "config.json")
   if not (os.path.exists(path) and checkpointing.has_checkpoint(workdir, "latest")):
@@ -205,7 +209,7 @@ def _check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(path) as f:
     saved = traverse_util.flatten_dict(json.load(f), sep=".")
   now = traverse_util.flatten_dict(
-      json.loads(json.dumps(metrics_lib.json_safe(config.to_dict()))), sep=".")
+      json.loads(json.dumps(metrics_lib.json_safe(record))), sep=".")
   keys = sorted(k for k in set(saved) | set(now)
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
   # A field added to the project after the workdir was written is absent from its config.json;
@@ -242,8 +246,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy we may complete
   config.model = resolve_model_config(config.model, reader)
   modulation.check_config(config)
-  if config.eval.batch_size <= 0:
-    config.eval.batch_size = config.train.batch_size
   task = config.model.task
   select_split, select_metric, select_mode = evaluate.selection_rule(config.eval, task)
   for split in {config.data.train_split, select_split}:
@@ -256,22 +258,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "ARL) that select on test.\n" + "=" * 78, select_split)
 
   parallel.check_batch_size(config.train.batch_size)
-  parallel.check_batch_size(config.eval.batch_size, "eval.batch_size")
+  eval_batch_size = evaluate.batch_size(config)
+  parallel.check_batch_size(eval_batch_size, "eval.batch_size")
   dp = parallel.DataParallel(config.parallel.mode, tuple(config.parallel.mesh_shape))
   order = sampling.TrainOrder(reader.num_examples(config.data.train_split),
                               config.train.batch_size, config.seed, jax.process_index(),
                               jax.process_count())
   steps_per_epoch = order.steps_per_epoch
-  total_steps = config.train.num_epochs * steps_per_epoch
-  if config.train.max_steps > 0:
-    total_steps = min(total_steps, config.train.max_steps)
-  config.train.total_steps = total_steps
+  total_steps = optim.total_steps(config.train, steps_per_epoch)
   eval_every = _every(config.eval.every_steps, steps_per_epoch)
   ckpt_every = _every(config.checkpoint.every_steps, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
-  _check_resumable(workdir, config)
+  record = run_record(config, {"train.total_steps": total_steps,
+                               "eval.batch_size": eval_batch_size})
+  _check_resumable(workdir, record)
   if is_main:
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    _write_json(os.path.join(workdir, "config.json"), record)
 
   # -- model, optimiser, state -----------------------------------------------------------------
   model = models.build_model(config.model, axis_name=dp.model_axis_name)

@@ -1,6 +1,6 @@
 """Audio front ends of the audio-visual peers, in numpy and scipy (no librosa, no torchaudio).
 
-Three features, one per peer recipe (data_formats.md §1.2, §1.3), selected by
+Three features, one per peer recipe (docs/data.md, CREMA-D and Kinetics-Sounds), selected by
 `AudioFeature.kind`:
 
   'ogm_stft'  OGM-GE / ARL on-the-fly spectrogram: load at 22050 Hz, tile to 3 s (66150 samples),

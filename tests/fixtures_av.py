@@ -1,4 +1,4 @@
-"""Tiny audio-visual fixtures in each dataset's exact on-disk layout (data_formats.md §4.2).
+"""Tiny audio-visual fixtures in each dataset's exact on-disk layout (docs/data.md).
 
 Everything is generated from seeded numpy inside the test run: sine + noise wavs, small JPEG
 frames, HDF5 feature files, split lists. Each `make_*` returns a dict describing what it wrote

@@ -1,4 +1,5 @@
-"""Writers of tiny on-disk fixtures in the exact layouts of data_formats.md §4.2.
+"""Writers of tiny on-disk fixtures in the exact layouts of docs/data.md (MOSI and MOSEI, Test
+fixtures).
 
 Each writer takes a folder (pytest's tmp_path), writes seeded numpy data in one format and returns
 what a correct reader must produce from it, so tests compare against values computed here, not
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 
 SIZES = {"train": 6, "valid": 3, "test": 5}
-# Labels with the awkward values of §4.2 (exact zero, both ends, .5 boundaries, thirds).
+# Labels with the awkward values of docs/data.md, Test fixtures (exact zero, both ends, .5
+# boundaries, thirds).
 LABELS = {"train": [0.0, -3.0, 3.0, 2.5, -0.5, 1 / 3],
           "valid": [1.5, -1.5, 0.0],
           "test": [-2.5, 0.5, -1 / 3, 2.0, -2.0]}

@@ -1,4 +1,4 @@
-"""Tiny model configs and random batches in the input layouts of the six benchmarks (spec §5).
+"""Tiny model configs and random batches in the input layouts of the six benchmarks (docs/data.md).
 
 Shared by test_model_shapes.py, test_intra_ced.py and test_ablations.py. Everything is scaled down
 (d = 16, 2 heads, ResNet-18 base width 4, 32 x 32 frames, a handful of tokens) so that XLA:CPU
@@ -74,7 +74,7 @@ def level_lengths(mod: Modality, spatial_grid: int = 1) -> tuple[int, int, int]:
   raise ValueError(f"no ResNet layout for kind {mod.kind!r}")
 
 
-# The six benchmarks of spec §5 (plus a 'vector' layout), scaled down. MOSI is unaligned (a
+# The six benchmarks of docs/data.md (plus a 'vector' layout), scaled down. MOSI is unaligned (a
 # different T per modality), MOSEI aligned; text is a BERT-feature sequence through the TCN.
 LAYOUTS: dict[str, Layout] = {
     "mosi": Layout({"text": Modality("sequence", "tcn", (8, 12)),

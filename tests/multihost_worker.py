@@ -53,7 +53,6 @@ def build(config):
   steps_per_epoch = sampling.TrainOrder(reader.num_examples("train"), config.train.batch_size,
                                         config.seed, jax.process_index(),
                                         jax.process_count()).steps_per_epoch
-  config.train.total_steps = config.train.num_epochs * steps_per_epoch
   model = models.build_model(config.model)
   tx = optim.make_optimizer(config.train, steps_per_epoch)
   schedule = optim.make_schedule(config.train, steps_per_epoch)

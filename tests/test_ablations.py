@@ -272,7 +272,7 @@ def test_full_model_trains_with_and_without_regularisation_on_one_compiled_step(
 
 
 def ref_r(x, y, valid, eps=1e-5):
-  """Whitened cross-correlation (spec §8.7) over the valid rows, float64."""
+  """Whitened cross-correlation (docs/model.md, Losses) over the valid rows, float64."""
   x, y = np.asarray(x, np.float64)[valid], np.asarray(y, np.float64)[valid]
   xs = (x - x.mean(0)) / np.sqrt(x.var(0) + eps)
   ys = (y - y.mean(0)) / np.sqrt(y.var(0) + eps)

@@ -353,7 +353,7 @@ def _one_step(config, mode: str):
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = train_lib.resolve_model_config(config.model, reader)
   config.model.dropout, config.model.misa.dropout, config.model.misa.fusion_dropout = 0.0, 0, 0
-  config.train.total_steps = 1
+  config.train.max_steps = 1
   dp = parallel.DataParallel(mode)
   model = models.build_model(config.model, axis_name=dp.model_axis_name)
   tx = optim.make_optimizer(config.train, 4)

@@ -3,7 +3,8 @@
 IntraCED is tested directly at one level (the model nn.vmaps it over levels), on three
 modalities with different token counts, padding, and a row where two modalities are absent:
 
-* a float64 numpy re-implementation of spec §8.3-§8.5 (QR bases with the sign fix, the budget
+* a float64 numpy re-implementation of docs/model.md (IntraCED, Budget, Exchange) (QR bases with
+the sign fix, the budget
   scores, a bisection capped-simplex projection, masked multi-head attention from the other
   modalities' shared tokens, alpha on the query side, residual + LN, FFN + LN) must reproduce the
   module's outputs;
@@ -113,7 +114,7 @@ def _attention(p, query, pool, pool_mask):
 
 
 def reference_level(params, h, masks):
-  """Spec §8.3-§8.5 in float64 from the module's parameters."""
+  """docs/model.md (IntraCED, Budget, Exchange) in float64 from the module's parameters."""
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
   u_sh = _qr_sign(p["bases"]["w_shared"])
   complement = np.eye(D) - u_sh @ u_sh.T

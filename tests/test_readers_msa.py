@@ -1,4 +1,5 @@
-"""MOSI / MOSEI readers on MMSA and MulT pickles written in the test run (data_formats.md §4.2)."""
+"""MOSI / MOSEI readers on MMSA and MulT pickles written in the test run (docs/data.md, MOSI and
+MOSEI)."""
 import hashlib
 import os
 import pickle

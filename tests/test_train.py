@@ -53,11 +53,49 @@ def read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
+# Python-level traces of the train step in `finished_run` (a jitted function retraces when the
+# shapes, dtypes or static values of its arguments change; each trace is a compile).
+_TRAIN_STEP_TRACES: list = []
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  results = clcr_jax.train_and_evaluate(tiny_config(), workdir)
+  make_train_step = train_lib.make_train_step
+
+  def counting_make_train_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def counted(*a, **k):
+      _TRAIN_STEP_TRACES.append(1)
+      return step_fn(*a, **k)
+    return counted
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train_lib, "make_train_step", counting_make_train_step)
+    results = clcr_jax.train_and_evaluate(tiny_config(), workdir)
   return workdir, results
+
+
+def test_the_train_step_is_compiled_once_per_run(finished_run):
+  # 8 steps over 2 epochs, with evaluations and checkpoints between them: one trace.
+  assert finished_run[1]["final_step"] == 8
+  assert len(_TRAIN_STEP_TRACES) == 1, f"the train step was traced {len(_TRAIN_STEP_TRACES)} times"
+
+
+def test_derived_values_are_recorded_not_stored_in_the_config(finished_run, tmp_path):
+  workdir, _ = finished_run
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  # config.json records what was run, resolved values included ...
+  assert record["train"]["total_steps"] == 8 and record["eval"]["batch_size"] == 16
+  assert record["model"]["task"] == "classification" and record["model"]["num_classes"] == 8
+  # ... while the caller's config is left as it was, and has no derived field to fill.
+  config = tiny_config(**{"train.num_epochs": 1})
+  before = config.to_dict()
+  clcr_jax.train_and_evaluate(config, str(tmp_path))
+  assert config.to_dict() == before and "total_steps" not in config.train
+  assert optim.total_steps(config.train, 4) == 4
+  assert optim.total_steps(tiny_config(**{"train.max_steps": 3}).train, 4) == 3
 
 
 def test_train_and_evaluate_writes_the_run_directory(finished_run):
@@ -265,7 +303,7 @@ def _run_steps(mode: str, num_steps: int, traces: list):
   reader = registry.get_reader(config.data)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = train_lib.resolve_model_config(config.model, reader)
-  config.train.total_steps = num_steps
+  config.train.max_steps = num_steps
   dp = parallel.DataParallel(mode)
   model = models.build_model(config.model, axis_name=dp.model_axis_name)
   tx = optim.make_optimizer(config.train, 4)

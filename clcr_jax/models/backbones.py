@@ -1,6 +1,7 @@
 """Modality backbones that expose three semantic levels (shallow, mid, deep).
 
-* `DilatedTCN` (spec §8.1): Linear(D -> w), then three stages of Conv1d(k, dilation 1/2/4) +
+* `DilatedTCN` (docs/model.md, Backbones): Linear(D -> w), then three stages of Conv1d(k, dilation
+1/2/4) +
   LayerNorm + GELU + residual; the three stage outputs are the levels. For feature sequences
   [B, T, D] (MOSI/MOSEI audio, vision, text features), vectors [B, D] (T = 1) and spectrograms.
 * `ResNet18` (OGM-GE's AV backbone, trained from scratch): layer2 / layer3 / layer4 are the

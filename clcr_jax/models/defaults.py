@@ -1,6 +1,7 @@
 """Model configuration defaults. Experiment configs override only what differs.
 
-Every choice the paper leaves open is a field here with the spec's §8 default (marked DEFAULT);
+Every choice the paper leaves open is a field here with this project's default (marked DEFAULT;
+docs/model.md lists them by section);
 fields named after a paper symbol say so.
 """
 from __future__ import annotations
@@ -30,29 +31,29 @@ def default_config() -> ml_collections.ConfigDict:
   # of the dataset, with its reader's kind and the TCN backbone.
   c.modalities = ml_collections.ConfigDict()
 
-  c.d = 128                       # common width d. DEFAULT (§8.2): 128 MSA, 512 AV
-  c.d_shared = 0                  # d_sh; 0 -> d // 2. DEFAULT (§8.2)
-  c.d_private = 0                 # d_pr; 0 -> d // 2. DEFAULT (§8.2)
-  c.num_heads = 4                 # DEFAULT (§8.2): 4 for d=128, 8 for d=512
-  c.dropout = 0.1                 # DEFAULT (§8.2)
-  c.ffn_mult = 2                  # exchange FFN hidden = ffn_mult * width. DEFAULT (§8.5)
+  c.d = 128                       # common width d. DEFAULT (Widths): 128 MSA, 512 AV
+  c.d_shared = 0                  # d_sh; 0 -> d // 2. DEFAULT (Widths)
+  c.d_private = 0                 # d_pr; 0 -> d // 2. DEFAULT (Widths)
+  c.num_heads = 4                 # DEFAULT (Widths): 4 for d=128, 8 for d=512
+  c.dropout = 0.1                 # DEFAULT (Widths)
+  c.ffn_mult = 2                  # exchange FFN hidden = ffn_mult * width. DEFAULT (Exchange)
   # Whether the Stiefel split U_sh, U_pr,m learns (DEFAULT) or stays at its random orthonormal
   # initialisation (a fixed split; the layers around it still learn).
   c.stiefel_trainable = True
-  # The exchange block's norms: 'post' LN(x + f(x)) (DEFAULT §8.5) | 'pre' x + f(LN(x)).
+  # The exchange block's norms: 'post' LN(x + f(x)) (DEFAULT, Exchange) | 'pre' x + f(LN(x)).
   c.exchange_norm = "post"
   # The exchange block's output projections (attention out, FFN fc2): 'default' (lecun normal)
   # | 'zero' (the block adds nothing at init: with 'pre' norms it starts as the identity).
   c.exchange_init = "default"
-  c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (§8.5)
+  c.private_ffn = False           # optional per-modality FFN on private streams. DEFAULT (Exchange)
   c.max_len = 0                   # positional table length; 0 -> length seen at init
-  c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (§8.1)
+  c.pos_init_std = 0.02           # P_l init N(0, 0.02). DEFAULT (Hierarchy)
   c.attention = "auto"            # 'auto' | 'blockwise' | 'einsum' | 'xla' | 'cudnn' (layers.py)
 
   c.tcn = ml_collections.ConfigDict()
   c.tcn.width = 0                 # 0 -> d
-  c.tcn.kernel_size = 3           # DEFAULT (§8.1)
-  c.tcn.dilations = (1, 2, 4)     # receptive fields 3 -> 7 -> 15. DEFAULT (§8.1)
+  c.tcn.kernel_size = 3           # DEFAULT (Backbones)
+  c.tcn.dilations = (1, 2, 4)     # receptive fields 3 -> 7 -> 15. DEFAULT (Backbones)
   c.resnet = ml_collections.ConfigDict()
   c.resnet.base_width = 64        # 64 = standard ResNet-18
   c.resnet.spatial_grid = 1       # clip tokens per frame = grid**2. DEFAULT
@@ -75,17 +76,17 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.budget = ml_collections.ConfigDict()
   c.budget.participation_init = 0.68  # B_l / T at init; the paper's optimum r ~ 0.68
-  c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (§8.4)
-  c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (§8.4)
+  c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (Budget)
+  c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (Budget)
   c.budget.method = "bisection"       # capped-simplex solver: "bisection" (fast) | "sort" (exact)
-  # Token scores a~: 'sigmoid' = sigmoid(kappa (||h_sh|| - theta)) (DEFAULT §8.4), or 'zscore' =
+  # Token scores a~: 'sigmoid' = sigmoid(kappa (||h_sh|| - theta)) (DEFAULT, Budget), or 'zscore' =
   # kappa * (||h_sh|| standardised over the row's valid tokens).
   c.budget.scores = "sigmoid"
   # 'at_most': sum alpha <= B (never binds while the scores sum below B); 'exactly': sum alpha = B.
   c.budget.constraint = "at_most"
 
   c.inter_cad = ml_collections.ConfigDict()
-  # LayerNorm on each pooled summary s_l^m = LN(W mean_t h). DEFAULT (§8.6)
+  # LayerNorm on each pooled summary s_l^m = LN(W mean_t h). DEFAULT (InterCAD)
   c.inter_cad.summary_norm = True
   # z_sh = scale * sum_m beta_m W_v s_m: 'mean' (scale 1, as the paper writes it; beta sums to 1)
   # or 'sum' (scale M, so uniform beta gives the sum of the modalities, not their average).
@@ -95,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Kernel init of the summary projections W, W' and of W_v, W_u: 'lecun' (random) |
   # 'identity' | 'orthogonal' (norm-preserving; inter_cad.projection_init).
   c.inter_cad.proj_init = "lecun"
-  # The summary map W [w, d]: 'learned' (DEFAULT §8.6) | 'fixed' (the pooled stream zero-padded
+  # The summary map W [w, d]: 'learned' (DEFAULT, InterCAD) | 'fixed' (the pooled stream zero-padded
   # to d, no parameters: one learned map fewer between the backbone and the head).
   c.inter_cad.summary_proj = "learned"
 

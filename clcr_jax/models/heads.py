@@ -1,4 +1,4 @@
-"""Prediction heads f_theta (spec §8.6: MLP(2d -> d -> out) with GELU and dropout).
+"""Prediction heads f_theta (docs/model.md, Heads: MLP(2d -> d -> out) with GELU and dropout).
 
 `hidden=0` makes the head one Linear layer (the output layers of MulT, MBT, MISA's last layer
 and OGM-GE's concatenation classifier), named 'linear' so a caller can read its kernel.

@@ -1,7 +1,9 @@
-"""Semantic hierarchy encoder (spec §2.2): H_l = LN(Z_l W_l + P_l) per modality and level.
+"""Semantic hierarchy encoder (docs/model.md, Hierarchy): H_l = LN(Z_l W_l + P_l) per modality and
+level.
 
 Every level of every modality is projected to the common width d, gets a learned positional
-embedding P_l (spec §8.1 default) and a LayerNorm. Masks pass through unchanged, so level l of
+embedding P_l (a default, docs/model.md, Hierarchy) and a LayerNorm. Masks pass through unchanged,
+so level l of
 modality m keeps the token count and mask its backbone produced.
 """
 from __future__ import annotations

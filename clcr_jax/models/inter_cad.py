@@ -1,4 +1,4 @@
-"""Inter-Level Co-Aggregation Domain (InterCAD), spec §2.4 with the defaults of §8.6.
+"""Inter-Level Co-Aggregation Domain (InterCAD), docs/model.md, InterCAD.
 
 For levels l and modalities m:
   s_l^m = LN(W (masked-mean_t h_sh)),  p_l^m = LN(W' (masked-mean_t h_pr))     (width d)

@@ -1,4 +1,4 @@
-"""Intra-Level Co-Exchange Domain (IntraCED), spec §2.3 with the defaults of §8.3-§8.5.
+"""Intra-Level Co-Exchange Domain (IntraCED), docs/model.md, IntraCED, Budget and Exchange.
 
 At one level l, for modalities m:
   1. Stiefel split: an orthonormal shared basis U_sh [d, d_sh] common to all modalities and a
@@ -134,7 +134,7 @@ def _standardise_over_tokens(e: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 class TokenBudget(nn.Module):
-  """Learnable token budget of one level (spec §8.4).
+  """Learnable token budget of one level (docs/model.md, Budget).
 
   Parameters: k (kappa = softplus(k)), theta, b (participation ratio r = sigmoid(b)).
   Call: shared {m: [B, T, d_sh]}, masks {m: bool[B, T]} ->
@@ -200,7 +200,8 @@ class SharedExchange(nn.Module):
   attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  # 'post': LN(x + sublayer(x)) (DEFAULT §8.5); 'pre': x + sublayer(LN(x)), so the stream passes
+  # 'post': LN(x + sublayer(x)) (DEFAULT, docs/model.md, Exchange); 'pre': x + sublayer(LN(x)), so
+  # the stream passes
   # through the block on an identity residual and only the sublayers' outputs are added to it.
   norm: str = "post"
   # 'default': lecun-normal output projections; 'zero': the attention's and the FFN's output

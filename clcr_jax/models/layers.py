@@ -157,7 +157,7 @@ class MLP(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-  """Learned additive embedding P [T_max, d] (spec §8.1: N(0, 0.02)); returns P[:T].
+  """Learned additive embedding P [T_max, d] (docs/model.md, Hierarchy: N(0, 0.02)); returns P[:T].
 
   `max_len=0` sizes the table from the sequence seen at init.
   """

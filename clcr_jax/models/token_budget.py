@@ -1,6 +1,6 @@
 """Learnable token budget: projection of token scores onto the capped simplex.
 
-IntraCED (clcr_spec.md §2.3(b), defaults in §8.4) admits shared tokens into the cross-modal
+IntraCED (docs/model.md, Budget) admits shared tokens into the cross-modal
 exchange through weights alpha in [0, 1] that spend at most a budget B per row:
 
     alpha_t = clip(s_t - tau, 0, 1) on valid tokens,   alpha_t = 0 on masked tokens,

@@ -1,7 +1,7 @@
 """AVE (audio-visual events, 28 categories), registered as "ave"; two formats by `task`.
 
 task='segment_classification' (default): the AVE-ECCV18 precomputed features
-  (YapengTian/AVE-ECCV18; data_formats.md §1.4 format A), files in root:
+  (YapengTian/AVE-ECCV18; docs/data.md, AVE), files in root:
     audio_feature.h5   'avadataset' (4143, 10, 128)          VGGish per 1-s segment
     visual_feature.h5  'avadataset' (4143, 10, 7, 7, 512)    VGG-19 pool5 per segment (7.7 GB)
     labels.h5          'avadataset' (4143, 10, 29)           one-hot, index 28 = background

@@ -1,7 +1,7 @@
 """Kinetics-Sounds (audio-visual action recognition, 31 classes), registered as "kinetics_sounds".
 
 Kinetics-Sounds is rebuilt by every group from Kinetics-400 YouTube clips, so the reader takes
-the split lists and the class list from the user's root (data_formats.md §1.3):
+the split lists and the class list from the user's root (docs/data.md, Kinetics-Sounds):
 
   classes.txt          one class name per line, class index = line order (required; 31 lines by
                        default, `num_classes`). OGM-GE ships no names, only integer labels.

@@ -1,7 +1,7 @@
 """CMU-MOSI and CMU-MOSEI from MMSA or MulT pickles (registered as 'mosi' and 'mosei').
 
 Both datasets share one implementation; they differ only in file names, known split sizes and
-published checksums. See ../shared/docs/data_formats.md §1.1 for the two formats.
+published checksums. See docs/data.md, MOSI and MOSEI, for the two formats.
 
 config.data fields (name: type = default):
   name: 'mosi' | 'mosei'.

@@ -62,7 +62,8 @@ def select_on(requested: str, has_valid: bool, dataset: str) -> str:
 
 def av_model(config: ml_collections.ConfigDict,
              modalities: Mapping[str, tuple[str, str]]) -> ml_collections.ConfigDict:
-  """Spec §8.1-8.2 for the audio-visual sets: d = 512, 8 heads, one backbone per modality."""
+  """docs/model.md (Backbones, Widths) for the audio-visual sets: d = 512, 8 heads, one backbone
+  per modality."""
   config.model.d = 512
   config.model.num_heads = 8
   config.model.resnet.base_width = 64  # a standard ResNet-18, trained from scratch (OGM-GE)

@@ -10,7 +10,8 @@ Per-segment event localisation on the AVE-ECCV18 features:
 Which task is the paper's? The abstract says "event localization", but the results table gives
 one accuracy for AVE next to CREMA-D / KS / UCF101 and the paper compares with the imbalanced
 multimodal learning line (OGM-GE, PMR, ARL), whose AVE protocol is 28-way *video*
-classification on raw frames + spectrograms. Spec §2.5 therefore takes video classification as
+classification on raw frames + spectrograms. docs/model.md (Heads) therefore takes video
+classification as
 the most likely reading, and so does this config's default; segment_classification reproduces
 AVE-ECCV18's per-segment protocol instead.
 
@@ -23,7 +24,7 @@ Both tasks have AVE's official validation split (valSet.txt / val_order.h5, 402 
 selection is on validation (never on test): accuracy for classification, per-segment accuracy
 for localisation (AVE-ECCV18 checks validation accuracy and tests the best model once).
 
-Data (data_formats.md §1.4; fields in data_pipelines/readers/ave.py, clip_reader.py):
+Data (docs/data.md, AVE; fields in data_pipelines/readers/ave.py, clip_reader.py):
   root default ../shared/data/AVE
   classification: trainSet.txt / valSet.txt / testSet.txt ('Category&VideoID&Quality&Start&End',
        3339 / 402 / 402 before duplicate ids are dropped), Image-01-FPS-SE/<vid>/*.jpg (1-fps
@@ -33,7 +34,8 @@ Data (data_formats.md §1.4; fields in data_pipelines/readers/ave.py, clip_reade
   segment_classification: audio_feature.h5 (VGGish [10, 128] per video), visual_feature.h5
        (VGG-19 pool5 [10, 7, 7, 512]), labels.h5 (one-hot [10, 29], 28 = background),
        {train,val,test}_order.h5.
-Model (spec §8.1-8.2): d = 512, 8 heads. Classification: one from-scratch ResNet-18 per modality
+Model (docs/model.md, Backbones and Widths): d = 512, 8 heads. Classification: one from-scratch
+ResNet-18 per modality
   (levels = layer2 / layer3 / layer4). Localisation: the features are already CNN outputs, so
   each modality goes through Linear + the dilated TCN over the 10 segments (visual maps are
   averaged over space), and the head predicts 29 classes per segment.

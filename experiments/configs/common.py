@@ -53,7 +53,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 64      # global batch
   config.train.num_epochs = 100
   config.train.max_steps = -1       # -1: no cap
-  config.train.total_steps = -1     # filled in at launch (num_epochs * steps/epoch, capped)
   config.train.optimizer = "sgd"    # 'sgd' | 'adamw'
   config.train.learning_rate = 1e-3
   # The parameters of a 'bert' backbone (models/bert.py), when not frozen: MMSA fine-tunes BERT
@@ -104,7 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's optimisation (spec §4, §8.8): SGD(0.9), lr 1e-3, wd 1e-4, batch 64, 100 epochs,
+  """The paper's optimisation (docs/model.md, Optimisation): SGD(0.9), lr 1e-3, wd 1e-4, batch 64,
+  100 epochs,
   StepLR(70, x0.1)."""
   config.train.optimizer = "sgd"
   config.train.momentum = 0.9

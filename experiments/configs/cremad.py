@@ -27,7 +27,7 @@ Variants (`:arg`, comma-separated):
                           Its 16 kHz waveforms become the same OGM-GE spectrogram [257, 188];
                           selection on valid.
 
-Data (data_formats.md §1.2; fields in data_pipelines/readers/cremad.py and clip_reader.py):
+Data (docs/data.md, CREMA-D; fields in data_pipelines/readers/cremad.py and clip_reader.py):
   root default ../shared/data/CREMA-D: AudioWAV/<clip>.wav, Image-01-FPS/<clip>/*.jpg (1 fps,
        OGM-GE video_preprocessing.py), train.csv / test.csv (copy them from OGM-GE)
   labels OGM-GE order NEU, HAP, SAD, FEA, DIS, ANG (MLA's sorted order for split=mla)
@@ -35,7 +35,8 @@ Data (data_formats.md §1.2; fields in data_pipelines/readers/cremad.py and clip
          log(|S| + 1e-7) -> [257, 188]
   visual 3 frames per clip (segment-random in training, centre in eval), 224 x 224
          (RandomResizedCrop + flip in training, resize in eval), ImageNet mean/std
-Model (spec §8.1-8.2): d = 512, 8 heads; one from-scratch ResNet-18 per modality (1-channel
+Model (docs/model.md, Backbones and Widths): d = 512, 8 heads; one from-scratch ResNet-18 per
+modality (1-channel
   audio, 3-channel frames); levels = layer2 / layer3 / layer4 (audio: time tokens after pooling
   frequency; visual: one token per frame).
 Optimisation (paper = OGM-GE defaults): SGD 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs,

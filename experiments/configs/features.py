@@ -16,7 +16,8 @@ Variants (`:arg`, comma-separated):
 Other reader fields: --config.data.modalities="('audio', 'video')" (which keys, in order),
   --config.data.task=..., --config.data.num_classes=..., --config.data.padding_side=left.
 
-Model: d = 128, 4 heads (spec §8.2's MSA width; features are usually low-dimensional), every
+Model: d = 128, 4 heads (docs/model.md, Widths: the MSA width; features are usually
+low-dimensional), every
   modality through Linear + the 3-stage dilated TCN (vectors are one-token sequences).
 Optimisation: the paper recipe (SGD 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs, StepLR 70).
 Selection: the 'valid' split, every epoch: accuracy (classification), loss (regression),

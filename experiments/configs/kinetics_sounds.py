@@ -16,7 +16,8 @@ Variants (`:arg`, comma-separated):
   select_on=auto|valid|test     auto (default): valid when valid_list is given, else test
   model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
-Data (data_formats.md §1.3; fields in data_pipelines/readers/kinetics_sounds.py, clip_reader.py):
+Data (docs/data.md, Kinetics-Sounds; fields in data_pipelines/readers/kinetics_sounds.py,
+clip_reader.py):
   root default ../shared/data/kinetics_sounds:
        classes.txt (31 names, one a line; OGM-GE ships only integer labels, so any 31 names in
        label order do), my_train.txt / my_test.txt ('<id>,10,<label>') or manifest CSVs,
@@ -26,7 +27,8 @@ Data (data_formats.md §1.3; fields in data_pipelines/readers/kinetics_sounds.py
          computed from wav with --config.data.audio_format=wav)
   visual 1-fps frames, 3 per clip (segment-random in training, centre in eval), 224 x 224,
          ImageNet mean/std
-Model (spec §8.1-8.2): d = 512, 8 heads, one from-scratch ResNet-18 per modality (levels =
+Model (docs/model.md, Backbones and Widths): d = 512, 8 heads, one from-scratch ResNet-18 per
+modality (levels =
   layer2 / layer3 / layer4).
 Optimisation (paper = OGM-GE defaults): SGD 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs,
   StepLR(70, x0.1). Metrics: accuracy and macro-F1.

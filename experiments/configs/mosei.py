@@ -16,7 +16,7 @@ Variants (`:arg`, comma-separated; the same as mosi.py):
   text=bert      MMSA `text_bert` ids through a local pre-trained BERT (hidden states 4/8/12 as
                  the text levels): --config.model.bert.path=/models/bert-base-uncased
 
-Data (data_formats.md §1.1):
+Data (docs/data.md, MOSI and MOSEI):
   root default ../shared/data/MOSEI (or <root>/Processed/)
   splits train 16326 / valid 1871 / test 4659 (MMSA / MulT; SDK re-extractions differ slightly,
          the fingerprint names which one the file matches)

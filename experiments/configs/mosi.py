@@ -1,6 +1,6 @@
 """CMU-MOSI: sentiment regression from text, audio and vision (MMSA or MulT pickles).
 
-Launch (MMSA `unaligned_50.pkl`, the default; spec §8.1 makes unaligned the primary setting):
+Launch (MMSA `unaligned_50.pkl`, the default; docs/model.md, Backbones: unaligned is primary):
   python -m clcr_jax.main --config=experiments/configs/mosi.py \\
       --config.data.root=/data/MMSA/MOSI --workdir=runs/mosi/seed1111
 MMSA's five seeds 1111-1115 (report the mean and the population std, x100, as MMSA does):
@@ -9,7 +9,7 @@ MMSA's five seeds 1111-1115 (report the mean and the population std, x100, as MM
         --config.data.root=/data/MMSA/MOSI --workdir=runs/mosi/seed$s
   done
 Variants (`--config=experiments/configs/mosi.py:<arg>`, comma-separated):
-  aligned                  MMSA `aligned_50.pkl` (the DLF codebase's setting; spec §8.1 asks for
+  aligned                  MMSA `aligned_50.pkl` (the DLF codebase's setting; docs/data.md asks for
                            both), or MulT's `mosi_data.pkl` with format=mult
   format=mult              MulT pickles (`mosi_data_noalign.pkl` / `mosi_data.pkl`, GloVe text);
                            format=auto takes whichever of MMSA / MulT is in the root
@@ -26,19 +26,22 @@ Variants (`--config=experiments/configs/mosi.py:<arg>`, comma-separated):
   tiny                     a seconds-long CPU smoke setting (d = 16, batch 8)
   e.g. --config=experiments/configs/mosi.py:aligned,format=mult
 
-Data (data_formats.md §1.1; config.data fields documented in data_pipelines/readers/mosi.py):
+Data (docs/data.md, MOSI and MOSEI; config.data fields documented in
+data_pipelines/readers/mosi.py):
   root default ../shared/data/MOSI (the reader also looks in <root>/Processed/, MMSA's layout)
   splits train 1284 / valid 229 / test 686 (CMU standard folds; the fingerprint names the version)
   text   MMSA `text`: BERT features [50, 768] (MulT: GloVe [50, 300]); mask from `text_bert`
   audio  COVAREP 5-d; vision Facet 20-d; unaligned T = 375 / 500 with length arrays,
          aligned T = 50 for every modality; audio -inf -> 0 as MMSA does
-  label  `regression_labels` in [-3, 3]; L1 loss (spec §8.7, MMSA family)
-Model (spec §8.1-8.2): d = 128, 4 heads, d_sh = d_pr = 64; every modality is Linear(D -> d) + a
+  label  `regression_labels` in [-3, 3]; L1 loss (docs/model.md, Losses; MMSA family)
+Model (docs/model.md, Backbones and Widths): d = 128, 4 heads, d_sh = d_pr = 64; every modality is
+Linear(D -> d) + a
   3-stage dilated TCN (k 3, dilations 1/2/4: receptive fields 3 / 7 / 15 frames) whose stage
   outputs are the three levels. DEVIATION: the paper's text levels are hidden states of a
   fine-tuned BERT (layers 4/8/12): that is `text=bert`. The default (`text=features`) takes
   the text levels from MMSA's precomputed BERT features through the same TCN instead.
-Optimisation (paper, spec §4/§8.8): SGD momentum 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs,
+Optimisation (paper, docs/model.md, Optimisation): SGD momentum 0.9, lr 1e-3, wd 1e-4, batch 64,
+100 epochs,
   StepLR(70, x0.1).
 Selection (MMSA `KeyEval = "Loss"`): validation every epoch; the checkpoint with the lowest
   validation loss (select_metric 'auto' = loss for regression) is evaluated once on test.
@@ -54,7 +57,7 @@ from clcr_jax import models
 from experiments.configs import _benchmark
 from experiments.configs import common
 
-SEEDS = (1111, 1112, 1113, 1114, 1115)  # MMSA's default seeds (data_formats.md §4.3)
+SEEDS = (1111, 1112, 1113, 1114, 1115)  # MMSA's default seeds (docs/data.md, Metrics)
 DATA_DIRS = {"mosi": "MOSI", "mosei": "MOSEI"}
 
 

@@ -14,14 +14,15 @@ Variants (`:arg`, comma-separated):
   split=1|2|3                    official split number (peers use 1)
   model=late_fusion | flat_attention | mult | mbt | misa, tiny
 
-Data (data_formats.md §1.5; fields in data_pipelines/readers/ucf101.py, clip_reader.py):
+Data (docs/data.md, UCF101; fields in data_pipelines/readers/ucf101.py, clip_reader.py):
   root default ../shared/data/UCF101 (the Feichtenhofer two-stream release):
        jpegs_256/v_<name>/frame000001.jpg ..., tvl1_flow/{u,v}/v_<name>/frame000001.jpg ...,
        ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt (HandstandPushups spellings fixed)
   rgb    3 frames per video (segment-random in training, centre in eval), 224 x 224, ImageNet
          mean/std
   flow   (u, v) stacked as 2 channels at the same 3 positions, same crop/flip, (0.1307, 0.3081)
-Model (spec §8.1-8.2): d = 512, 8 heads, one from-scratch ResNet-18 per modality (3-channel RGB,
+Model (docs/model.md, Backbones and Widths): d = 512, 8 heads, one from-scratch ResNet-18 per
+modality (3-channel RGB,
   2-channel flow; levels = layer2 / layer3 / layer4, one token per frame).
 Optimisation: the paper recipe (SGD 0.9, lr 1e-3, wd 1e-4, batch 64, 100 epochs, StepLR 70).
 Metrics: accuracy and macro-F1.

@@ -5,7 +5,8 @@ A benchmark sweep takes `FILE.py:dataset=<name>[,seeds=...][,epochs=N][,<config 
             ucf101 | features: the config experiments/configs/<dataset>.py
   seeds     '1111-1115' (a range) or '0+1+2'. Default: MMSA's 1111-1115 for MOSI / MOSEI
             (reported as mean and population std, as MMSA does), seed 0 for the audio-visual
-            sets (the OGM-GE default the paper follows, spec §8.8), 0-2 for synthetic
+            sets (the OGM-GE default the paper follows, docs/model.md, Optimisation), 0-2 for
+            synthetic
   epochs    train.num_epochs of every run (0: the config's own)
 Every other item goes to the config's own argument, e.g. `dataset=mosi,aligned,format=mult` or
 `dataset=cremad,tiny`.

@@ -1,4 +1,4 @@
-"""The paper's component ablation (Table 3; spec §7.1) on one benchmark.
+"""The paper's component ablation (Table 3; docs/model.md, Ablations) on one benchmark.
 
   python -m experiments.sweep experiments/sweeps/ablation.py:dataset=mosi \\
       --workdir_root=runs/sweeps/ablation_mosi --config.data.root=/data/MMSA/MOSI

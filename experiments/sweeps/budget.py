@@ -1,4 +1,5 @@
-"""Token-budget sweep (spec §7.2, §8.4): the participation ratio B_l / T from 0.1 to 1.0.
+"""Token-budget sweep (docs/model.md, Budget and Analyses): the participation ratio B_l / T from
+0.1 to 1.0.
 
   python -m experiments.sweep experiments/sweeps/budget.py:dataset=kinetics_sounds \\
       --workdir_root=runs/sweeps/budget_ks

@@ -1,4 +1,4 @@
-"""Sensitivity to the regulariser weights (spec §8.7): lambda_intra, lambda_inter in
+"""Sensitivity to the regulariser weights (docs/model.md, Losses): lambda_intra, lambda_inter in
 {0.01, 0.05, 0.1, 0.5, 1.0}.
 
   python -m experiments.sweep experiments/sweeps/regularizers.py:dataset=mosi \\
