@@ -173,6 +173,12 @@ class _NoSummaries:
     prediction, aux = self._predictor(inputs, masks)
     return prediction, {"beta": aux["beta"]}
 
+  def outputs(self, *args, **kwargs):  # what Predictor.outputs gives for such a model
+    out = dict(self._predictor.outputs(*args, **kwargs))
+    out.pop("shared", None)
+    out.pop("private", None)
+    return out
+
 
 class _NoFactors:
   def __init__(self, reader):
