@@ -200,9 +200,9 @@ class SharedExchange(nn.Module):
   attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  # 'post': LN(x + sublayer(x)) (DEFAULT, docs/model.md, Exchange); 'pre': x + sublayer(LN(x)), so
-  # the stream passes
-  # through the block on an identity residual and only the sublayers' outputs are added to it.
+  # 'post': LN(x + sublayer(x)) (DEFAULT, docs/model.md, Exchange); 'pre': x + sublayer(LN(x)),
+  # so the stream passes through the block on an identity residual and only the sublayers'
+  # outputs are added to it.
   norm: str = "post"
   # 'default': lecun-normal output projections; 'zero': the attention's and the FFN's output
   # projections start at zero, so at initialisation the sublayers add nothing to the stream.
@@ -215,12 +215,11 @@ class SharedExchange(nn.Module):
     if self.output_init not in ("default", "zero"):
       raise ValueError("config.model.exchange_init must be 'default' or 'zero', found "
                        f"{self.output_init!r}")
-    out_init = (nn.initializers.zeros if self.output_init == "zero"
-                else nn.initializers.lecun_normal())
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, out_kernel_init=out_init)
+    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(norm_kw, **({"out_kernel_init": nn.initializers.zeros}
+                          if self.output_init == "zero" else {}))
     width = query.shape[-1]
     pre = self.norm == "pre"
-    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm1, norm2 = nn.LayerNorm(name="norm1", **norm_kw), nn.LayerNorm(name="norm2", **norm_kw)
     msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
                                     **kw)(norm1(query) if pre else query, pool, pool_mask)
