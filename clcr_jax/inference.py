@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -21,6 +20,7 @@ import ml_collections
 from clcr_jax import checkpointing
 from clcr_jax import evaluate
 from clcr_jax import models
+from clcr_jax import run_config
 from data_pipelines import registry
 
 _BATCH_KEYS = ("inputs", "masks", "label", "valid")  # what the eval outputs read of a batch
@@ -76,10 +76,6 @@ class Predictor:
 def load(workdir: str, which: str = "best") -> Predictor:
   """Loads `workdir`'s config and its `which` ('best' or 'latest') checkpoint."""
   workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: {workdir} is not a clcr_jax run directory")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = run_config.read(workdir)
   variables, step = checkpointing.load_variables(workdir, which)
   return Predictor(config, variables, step, workdir)

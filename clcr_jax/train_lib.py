@@ -36,6 +36,7 @@ from clcr_jax import models
 from clcr_jax import modulation
 from clcr_jax import optim
 from clcr_jax import parallel
+from clcr_jax import run_config
 from clcr_jax.models import bert as bert_lib
 from data_pipelines import pipeline
 from data_pipelines import registry
@@ -187,20 +188,6 @@ _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data
                  "train.batch_size", "train.optimizer", "train.modulation", "train.ogm_ge.")
 
 
-def _identity_defaults() -> dict[str, Any]:
-  """The project defaults of the run-identity fields, flattened like config.json ('model.d')."""
-  tree = {"model": models.default_config().to_dict(), "loss": losses.default_config().to_dict(),
-          "train": {"modulation": "none", "ogm_ge": modulation.default_config().to_dict()}}
-  return traverse_util.flatten_dict(json.loads(json.dumps(metrics_lib.json_safe(tree))), sep=".")
-
-
-def run_record(config: ml_collections.ConfigDict, derived: dict[str, Any]) -> dict[str, Any]:
-  """What config.json records: `config` with the values derived at launch set at their dotted
-  keys ('train.total_steps'). Written to the workdir, never stored back into the config."""
-  flat = traverse_util.flatten_dict(config.to_dict(), keep_empty_nodes=True, sep=".")
-  return traverse_util.unflatten_dict({**flat, **derived}, sep=".")
-
-
 def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
   """Refuses to resume a workdir whose checkpoints come from a different run (config.json)."""
   path = os.path.join(workdir, "config.json")
@@ -214,7 +201,7 @@ def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
   # A field added to the project after the workdir was written is absent from its config.json;
   # at its default value it selects the behaviour the run had, so it is no difference.
-  defaults = _identity_defaults()
+  defaults = run_config.project_defaults()
   same = lambda k: saved.get(k) == now.get(k) or (
       k not in saved and k in defaults and defaults[k] == now.get(k))
   diff = [f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"
@@ -269,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_every = _every(config.eval.every_steps, steps_per_epoch)
   ckpt_every = _every(config.checkpoint.every_steps, steps_per_epoch)
   log_every = max(1, config.train.log_every_steps)
-  record = run_record(config, {"train.total_steps": total_steps,
+  record = run_config.record(config, {"train.total_steps": total_steps,
                                "eval.batch_size": eval_batch_size})
   _check_resumable(workdir, record)
   if is_main:

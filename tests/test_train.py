@@ -191,6 +191,12 @@ def test_a_field_newer_than_the_workdir_resumes_at_its_default_only(finished_run
   with pytest.raises(ValueError, match=r"model\.exchange_init: '<absent>' in the workdir, "
                      r"'zero' now"):
     clcr_jax.train_and_evaluate(tiny_config(**{"model.exchange_init": "zero"}), old)
+  # Loading fills the absent field at its default, so the older run evaluates as it trained.
+  loaded = clcr_jax.load(old)
+  assert loaded.config.model.exchange_init == "default"
+  again = loaded.evaluate("test")
+  for key, value in results["test"].items():
+    assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
   assert clcr_jax.train_and_evaluate(tiny_config(), old) == results
 
 
