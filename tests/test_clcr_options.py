@@ -19,6 +19,8 @@ import pytest
 from clcr_jax import losses
 from clcr_jax.models import inter_cad
 from clcr_jax.models import intra_ced
+from clcr_jax.models import token_budget
+from clcr_jax.models import transformer_layers as tl
 
 
 def _mean_r(x, y, valid):
@@ -78,9 +80,9 @@ def test_unknown_reduction_is_refused():
 
 
 def _budget(**kw):
-  return intra_ced.TokenBudget(participation_init=kw.pop("ratio", 0.5),
-                               kappa_init=kw.pop("kappa", 2.0), theta_init=1.0,
-                               scores="zscore", constraint="exactly", **kw)
+  return token_budget.TokenBudget(participation_init=kw.pop("ratio", 0.5),
+                                  kappa_init=kw.pop("kappa", 2.0), theta_init=1.0,
+                                  scores="zscore", constraint="exactly", **kw)
 
 
 def _tokens(rng, b=4, t=40, d=8):
@@ -137,7 +139,7 @@ def test_budget_options_are_checked():
   h, masks = _tokens(rng)
   for kw, field in (({"scores": "norm"}, "budget.scores"),
                     ({"constraint": "equal"}, "budget.constraint")):
-    module = intra_ced.TokenBudget(0.5, 1.0, 1.0, **kw)
+    module = token_budget.TokenBudget(0.5, 1.0, 1.0, **kw)
     with pytest.raises(ValueError, match=field):
       module.init(jax.random.key(0), h, masks)
 
@@ -267,7 +269,7 @@ def test_pre_norm_exchange_is_the_identity_residual_when_nothing_is_added():
   pool = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
   pool_mask = jnp.ones((2, 6), bool)
   alpha = jnp.zeros((2, 5), jnp.float32)
-  block = intra_ced.SharedExchange(2, dropout=0.0, norm="pre")
+  block = tl.GatedCrossAttentionBlock(2, dropout=0.0, norm="pre")
   params = block.init(jax.random.key(0), q, alpha, pool, pool_mask, train=False)
   # With alpha = 0 no message arrives; zeroing the FFN's output layer leaves x + 0 = x, which
   # the post-norm block (LN(x)) does not.
@@ -275,12 +277,12 @@ def test_pre_norm_exchange_is_the_identity_residual_when_nothing_is_added():
   params["params"]["ffn"]["fc2"] = jax.tree_util.tree_map(jnp.zeros_like, fc2)
   out = block.apply(params, q, alpha, pool, pool_mask, train=False)
   np.testing.assert_allclose(np.asarray(out), np.asarray(q), atol=1e-6)
-  post = intra_ced.SharedExchange(2, dropout=0.0, norm="post")
+  post = tl.GatedCrossAttentionBlock(2, dropout=0.0, norm="post")
   out_post = post.apply(params, q, alpha, pool, pool_mask, train=False)
   assert np.abs(np.asarray(out_post) - np.asarray(q)).max() > 0.1
   with pytest.raises(ValueError, match="exchange_norm"):
-    intra_ced.SharedExchange(2, norm="sandwich").init(jax.random.key(0), q, alpha, pool,
-                                                      pool_mask, train=False)
+    tl.GatedCrossAttentionBlock(2, norm="sandwich").init(jax.random.key(0), q, alpha, pool,
+                                                            pool_mask, train=False)
 
 
 def test_zero_init_exchange_starts_as_the_identity_and_then_learns():
@@ -289,7 +291,7 @@ def test_zero_init_exchange_starts_as_the_identity_and_then_learns():
   pool = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
   pool_mask = jnp.ones((2, 6), bool)
   alpha = jnp.ones((2, 5), jnp.float32)  # every token receives a message
-  block = intra_ced.SharedExchange(2, dropout=0.0, norm="pre", output_init="zero")
+  block = tl.GatedCrossAttentionBlock(2, dropout=0.0, norm="pre", output_init="zero")
   params = block.init(jax.random.key(0), q, alpha, pool, pool_mask, train=False)
   out = block.apply(params, q, alpha, pool, pool_mask, train=False)
   np.testing.assert_allclose(np.asarray(out), np.asarray(q), atol=1e-6)
@@ -299,10 +301,10 @@ def test_zero_init_exchange_starts_as_the_identity_and_then_learns():
   assert float(jnp.abs(grads["attention"]["out"]["kernel"]).max()) > 1e-4
   assert float(jnp.abs(grads["ffn"]["fc2"]["kernel"]).max()) > 1e-4
   # The default init adds a message: the output moves away from the query.
-  default = intra_ced.SharedExchange(2, dropout=0.0, norm="pre")
+  default = tl.GatedCrossAttentionBlock(2, dropout=0.0, norm="pre")
   out_default = default.apply(default.init(jax.random.key(0), q, alpha, pool, pool_mask,
                                            train=False), q, alpha, pool, pool_mask, train=False)
   assert np.abs(np.asarray(out_default) - np.asarray(q)).max() > 0.1
   with pytest.raises(ValueError, match="exchange_init"):
-    intra_ced.SharedExchange(2, output_init="small").init(jax.random.key(0), q, alpha, pool,
-                                                   pool_mask, train=False)
+    tl.GatedCrossAttentionBlock(2, output_init="small").init(jax.random.key(0), q, alpha, pool,
+                                                             pool_mask, train=False)

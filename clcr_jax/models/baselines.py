@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from clcr_jax.models import heads
 from clcr_jax.models import hierarchy_encoder
-from clcr_jax.models import intra_ced
 from clcr_jax.models import layers
+from clcr_jax.models import transformer_layers as tl
 
 
 def check_utterance_model(name: str, cfg) -> None:
@@ -100,11 +100,12 @@ class _Fusion(nn.Module):
         others = [o for o in mods if o != m]
         pool = jnp.concatenate([tokens[o] for o in others], axis=1)
         pool_mask = jnp.concatenate([tmask[o] for o in others], axis=1)
-        fused[m] = intra_ced.SharedExchange(cfg.num_heads, cfg.dropout, cfg.ffn_mult,
-                                            cfg.attention, dtype, param_dtype,
-                                            name=f"attention_{m}")(
-                                                tokens[m], tmask[m].astype(jnp.float32), pool,
-                                                pool_mask, train=train)
+        # Gated by the token mask: every valid token receives the pool, padding nothing.
+        fused[m] = tl.GatedCrossAttentionBlock(
+            num_heads=cfg.num_heads, dropout=cfg.dropout, ffn_mult=cfg.ffn_mult,
+            attention=cfg.attention, dtype=dtype, param_dtype=param_dtype,
+            name=f"attention_{m}")(tokens[m], tmask[m].astype(jnp.float32), pool, pool_mask,
+                                   train=train)
       tokens = fused
     per_modality = [_pool(tokens[m], tmask[m], num_segments) for m in mods]
     pooled = jnp.concatenate(per_modality, axis=-1)

@@ -104,12 +104,15 @@ class CLCR(nn.Module):
     split = not cfg.ablation.no_intraced
 
     out = _vmap_levels(intra_ced.IntraCED)(
-        cfg.d, d_sh, d_pr, mods, cfg.num_heads, cfg.dropout, cfg.ffn_mult, split,
-        cfg.budget.participation_init, cfg.budget.kappa_init, cfg.budget.theta_init,
-        cfg.budget.method, cfg.ablation.dense_budget, cfg.private_ffn, cfg.attention, train,
-        dtype, param_dtype, budget_scores=cfg.budget.scores,
-        budget_constraint=cfg.budget.constraint, bases_trainable=cfg.stiefel_trainable,
-        exchange_norm=cfg.exchange_norm, exchange_init=cfg.exchange_init,
+        d=cfg.d, d_shared=d_sh, d_private=d_pr, modalities=mods, num_heads=cfg.num_heads,
+        dropout=cfg.dropout, ffn_mult=cfg.ffn_mult, split=split,
+        participation_init=cfg.budget.participation_init, kappa_init=cfg.budget.kappa_init,
+        theta_init=cfg.budget.theta_init, budget_method=cfg.budget.method,
+        budget_scores=cfg.budget.scores, budget_constraint=cfg.budget.constraint,
+        dense_budget=cfg.ablation.dense_budget, private_ffn=cfg.private_ffn,
+        attention=cfg.attention, train=train, dtype=dtype, param_dtype=param_dtype,
+        bases_trainable=cfg.stiefel_trainable, exchange_norm=cfg.exchange_norm,
+        exchange_init=cfg.exchange_init,
         name="intra_ced")(h_stack, mask_stack)
     summaries = _vmap_levels(inter_cad.Summaries)
     assign = segment_assignment(h, cfg, num_segments) if num_segments else None

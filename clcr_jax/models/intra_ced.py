@@ -10,7 +10,8 @@ At one level l, for modalities m:
   3. Exchange among shared tokens only: h_sh <- LN(h_sh + Dropout(alpha * MHA(h_sh^m, pool of the
      other modalities' shared tokens))), then a position-wise FFN with residual + LN.
 Private streams never enter a cross-modal operation; a token with alpha = 0 receives nothing
-from the other modalities.
+from the other modalities. Step 2 is token_budget.TokenBudget, step 3's block
+transformer_layers.GatedCrossAttentionBlock (which the flat-attention baseline shares).
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clcr_jax.models import dropout as dropout_lib
 from clcr_jax.models import layers
 from clcr_jax.models import token_budget
+from clcr_jax.models import transformer_layers as tl
 
 Dtype = Any
 
@@ -89,13 +90,6 @@ def _orthonormal_columns_jvp(primals, tangents):
   return q, q @ (lower - lower.T - c) + y
 
 
-def safe_norm(x: jax.Array) -> jax.Array:
-  """||x|| over the last axis with a zero (not NaN) gradient at x = 0 (padded tokens)."""
-  sq = jnp.sum(jnp.square(x), axis=-1)
-  positive = sq > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
 class StiefelBases(nn.Module):
   """Returns U_sh [d, d_sh] and {m: U_pr,m [d, d_pr]} with U_sh^T U_pr,m = 0 and orthonormal columns."""
   d: int
@@ -124,114 +118,6 @@ class StiefelBases(nn.Module):
     return u_sh, u_pr
 
 
-def _standardise_over_tokens(e: jax.Array, mask: jax.Array) -> jax.Array:
-  """e [B, T] -> (e - mean) / std over each row's valid tokens (0 on padded tokens)."""
-  w = mask.astype(jnp.float32)
-  n = jnp.maximum(jnp.sum(w, -1, keepdims=True), 1.0)
-  mean = jnp.sum(e * w, -1, keepdims=True) / n
-  var = jnp.sum(((e - mean) * w)**2, -1, keepdims=True) / n
-  return (e - mean) * jax.lax.rsqrt(var + 1e-6) * w
-
-
-class TokenBudget(nn.Module):
-  """Learnable token budget of one level (docs/model.md, Budget).
-
-  Parameters: k (kappa = softplus(k)), theta, b (participation ratio r = sigmoid(b)).
-  Call: shared {m: [B, T, d_sh]}, masks {m: bool[B, T]} ->
-    alpha {m: float32[B, T]}, budget {m: float32[B]}, ratio float32[].
-  `dense=True` (the "dense budget" ablation) has no parameters: every valid token exchanges
-  (alpha = mask), so the budget is the valid-token count and the ratio 1.
-  """
-  participation_init: float = 0.68
-  kappa_init: float = 1.0
-  theta_init: float = 0.0
-  method: str = "bisection"
-  dense: bool = False
-  scores: str = "sigmoid"
-  constraint: str = "at_most"
-
-  @nn.compact
-  def __call__(self, shared, masks):
-    if self.dense:
-      alpha = {m: masks[m].astype(jnp.float32) for m in shared}
-      return alpha, {m: a.sum(-1) for m, a in alpha.items()}, jnp.ones((), jnp.float32)
-    r0 = float(np.clip(self.participation_init, 1e-4, 1 - 1e-4))
-    b = self.param("b", nn.initializers.constant(np.log(r0 / (1 - r0))), ())
-    k = self.param("k", nn.initializers.constant(np.log(np.expm1(self.kappa_init))), ())
-    theta = self.param("theta", nn.initializers.constant(self.theta_init), ())
-    ratio = jax.nn.sigmoid(b)
-    alpha, budget = {}, {}
-    for m, h in shared.items():
-      mask = masks[m]
-      n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
-      budget[m] = ratio * n_valid
-      e = safe_norm(h.astype(jnp.float32))
-      if self.scores == "sigmoid":
-        scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
-      elif self.scores == "zscore":
-        # Energies standardised over the row's valid tokens, so the budget ranks tokens within
-        # the row whatever the scale of h; kappa sets how hard the ranking is.
-        scores = jax.nn.softplus(k) * _standardise_over_tokens(e, mask)
-      else:
-        raise ValueError("config.model.budget.scores must be 'sigmoid' or 'zscore', found "
-                         f"{self.scores!r}")
-      if self.constraint == "exactly":
-        # sum alpha = B exactly: shift every row so that all its valid tokens start saturated
-        # (the 'at most' projection then binds). The projection ignores a uniform shift, so
-        # the shift carries no gradient.
-        low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
-        scores = scores - jax.lax.stop_gradient(jnp.where(jnp.isfinite(low), low, 0.0)) + 1.0
-      elif self.constraint != "at_most":
-        raise ValueError("config.model.budget.constraint must be 'at_most' or 'exactly', found "
-                         f"{self.constraint!r}")
-      alpha[m] = token_budget.capped_simplex_projection(scores, budget[m], mask, method=self.method)
-    return alpha, budget, ratio
-
-
-class SharedExchange(nn.Module):
-  """Budgeted cross-modal attention of one query modality over the others' shared tokens.
-
-  Call: query [B, T, d_sh], alpha [B, T], pool [B, T_pool, d_sh], pool_mask [B, T_pool]
-  -> [B, T, d_sh].
-  """
-  num_heads: int
-  dropout: float = 0.1
-  ffn_mult: int = 2
-  attention: str = "auto"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  # 'post': LN(x + sublayer(x)) (DEFAULT, docs/model.md, Exchange); 'pre': x + sublayer(LN(x)),
-  # so the stream passes through the block on an identity residual and only the sublayers'
-  # outputs are added to it.
-  norm: str = "post"
-  # 'default': lecun-normal output projections; 'zero': the attention's and the FFN's output
-  # projections start at zero, so at initialisation the sublayers add nothing to the stream.
-  output_init: str = "default"
-
-  @nn.compact
-  def __call__(self, query, alpha, pool, pool_mask, *, train: bool):
-    if self.norm not in ("post", "pre"):
-      raise ValueError(f"config.model.exchange_norm must be 'post' or 'pre', found {self.norm!r}")
-    if self.output_init not in ("default", "zero"):
-      raise ValueError("config.model.exchange_init must be 'default' or 'zero', found "
-                       f"{self.output_init!r}")
-    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    kw = dict(norm_kw, **({"out_kernel_init": nn.initializers.zeros}
-                          if self.output_init == "zero" else {}))
-    width = query.shape[-1]
-    pre = self.norm == "pre"
-    norm1, norm2 = nn.LayerNorm(name="norm1", **norm_kw), nn.LayerNorm(name="norm2", **norm_kw)
-    msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
-                                    **kw)(norm1(query) if pre else query, pool, pool_mask)
-    msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
-        alpha[..., None].astype(msg.dtype) * msg)
-    h = query + msg if pre else norm1(query + msg)
-    ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(
-        norm2(h) if pre else h, train=train)
-    ffn = dropout_lib.Dropout(self.dropout, deterministic=not train)(ffn)
-    return h + ffn if pre else norm2(h + ffn)
-
-
 class IntraCED(nn.Module):
   """One level of IntraCED (the model maps it over the levels with nn.vmap).
 
@@ -240,6 +126,13 @@ class IntraCED(nn.Module):
     'alpha' {m: float32[B, T_m]}, 'budget' {m: float32[B]}, 'ratio' float32[].
   With `split=False` (the "w/o IntraCED" ablation) the shared stream is H itself, there is no
   private stream (None), no budget and no exchange.
+
+  The fields are plain values, not the model config, so that one level can be built and tested
+  without a whole config; they mirror config.model fields (num_heads, dropout, ffn_mult,
+  private_ffn, attention, exchange_norm, exchange_init), its budget block (participation_init,
+  kappa_init, theta_init, budget_method, budget_scores, budget_constraint), its ablation switches
+  (split = not no_intraced, dense_budget) and stiefel_trainable (bases_trainable). Pass them by
+  keyword: clcr.py does.
   """
   d: int
   d_shared: int
@@ -280,10 +173,11 @@ class IntraCED(nn.Module):
     private = {m: h[m] @ u_pr[m].astype(h[m].dtype) for m in self.modalities}
     # For LayerNormed h, ||h U_sh|| is about sqrt(d_sh) at init: the default threshold sits there.
     theta = self.theta_init if self.theta_init >= 0 else float(np.sqrt(self.d_shared))
-    alpha, budget, ratio = TokenBudget(self.participation_init, self.kappa_init, theta,
-                                       self.budget_method, self.dense_budget,
-                                       self.budget_scores, self.budget_constraint,
-                                       name="budget")(shared, masks)
+    alpha, budget, ratio = token_budget.TokenBudget(
+        participation_init=self.participation_init, kappa_init=self.kappa_init,
+        theta_init=theta, method=self.budget_method, dense=self.dense_budget,
+        scores=self.budget_scores, constraint=self.budget_constraint,
+        name="budget")(shared, masks)
     exchanged = {}
     for m in self.modalities:
       others = [o for o in self.modalities if o != m]
@@ -292,10 +186,10 @@ class IntraCED(nn.Module):
         continue
       pool = jnp.concatenate([shared[o] for o in others], axis=1)
       pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
-      exchanged[m] = SharedExchange(self.num_heads, self.dropout, self.ffn_mult, self.attention,
-                                    norm=self.exchange_norm, output_init=self.exchange_init,
-                                    name=f"exchange_{m}", **kw)(
-                                        shared[m], alpha[m], pool, pool_mask, train=train)
+      exchanged[m] = tl.GatedCrossAttentionBlock(
+          num_heads=self.num_heads, dropout=self.dropout, ffn_mult=self.ffn_mult,
+          attention=self.attention, norm=self.exchange_norm, output_init=self.exchange_init,
+          name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool, pool_mask, train=train)
     if self.private_ffn:
       private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(
           p + layers.MLP(self.ffn_mult * self.d_private, self.d_private, self.dropout,

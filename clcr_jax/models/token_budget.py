@@ -1,6 +1,8 @@
-"""Learnable token budget: projection of token scores onto the capped simplex.
+"""Learnable token budget: the `TokenBudget` layer and its capped-simplex projection.
 
-IntraCED (docs/model.md, Budget) admits shared tokens into the cross-modal
+`TokenBudget` (bottom of the file) scores each shared token by its energy and spends a learnable
+share of the row's valid tokens on them; `capped_simplex_projection` turns the scores into
+weights that respect that budget. IntraCED (docs/model.md, Budget) admits shared tokens into the cross-modal
 exchange through weights alpha in [0, 1] that spend at most a budget B per row:
 
     alpha_t = clip(s_t - tau, 0, 1) on valid tokens,   alpha_t = 0 on masked tokens,
@@ -38,9 +40,11 @@ from __future__ import annotations
 import numbers
 from typing import Callable
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 _COMPUTE_DTYPE = jnp.float32
 DEFAULT_BISECTION_ITERS = 30
@@ -273,3 +277,79 @@ def _clip_at_threshold_jvp(primals, tangents):
                     (jnp.sum(d_active, axis=-1) - d_budget) / jnp.maximum(num_active, 1.0), 0.0)
   d_alpha = jnp.where(active, d_active - d_tau[..., None], 0.0)
   return alpha, d_alpha
+
+
+# ------------------------------------------------------------------------------------------------
+# The budget layer of one IntraCED level: token scores, the learnable budget, the projection.
+# ------------------------------------------------------------------------------------------------
+
+
+def safe_norm(x: jax.Array) -> jax.Array:
+  """||x|| over the last axis with a zero (not NaN) gradient at x = 0 (padded tokens)."""
+  sq = jnp.sum(jnp.square(x), axis=-1)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _standardise_over_tokens(e: jax.Array, mask: jax.Array) -> jax.Array:
+  """e [B, T] -> (e - mean) / std over each row's valid tokens (0 on padded tokens)."""
+  w = mask.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(w, -1, keepdims=True), 1.0)
+  mean = jnp.sum(e * w, -1, keepdims=True) / n
+  var = jnp.sum(((e - mean) * w)**2, -1, keepdims=True) / n
+  return (e - mean) * jax.lax.rsqrt(var + 1e-6) * w
+
+
+class TokenBudget(nn.Module):
+  """Learnable token budget of one level (docs/model.md, Budget).
+
+  Parameters: k (kappa = softplus(k)), theta, b (participation ratio r = sigmoid(b)).
+  Call: shared {m: [B, T, d_sh]}, masks {m: bool[B, T]} ->
+    alpha {m: float32[B, T]}, budget {m: float32[B]}, ratio float32[].
+  `dense=True` (the "dense budget" ablation) has no parameters: every valid token exchanges
+  (alpha = mask), so the budget is the valid-token count and the ratio 1.
+  """
+  participation_init: float = 0.68
+  kappa_init: float = 1.0
+  theta_init: float = 0.0
+  method: str = "bisection"
+  dense: bool = False
+  scores: str = "sigmoid"
+  constraint: str = "at_most"
+
+  @nn.compact
+  def __call__(self, shared, masks):
+    if self.dense:
+      alpha = {m: masks[m].astype(jnp.float32) for m in shared}
+      return alpha, {m: a.sum(-1) for m, a in alpha.items()}, jnp.ones((), jnp.float32)
+    r0 = float(np.clip(self.participation_init, 1e-4, 1 - 1e-4))
+    b = self.param("b", nn.initializers.constant(np.log(r0 / (1 - r0))), ())
+    k = self.param("k", nn.initializers.constant(np.log(np.expm1(self.kappa_init))), ())
+    theta = self.param("theta", nn.initializers.constant(self.theta_init), ())
+    ratio = jax.nn.sigmoid(b)
+    alpha, budget = {}, {}
+    for m, h in shared.items():
+      mask = masks[m]
+      n_valid = jnp.sum(mask, axis=-1).astype(jnp.float32)
+      budget[m] = ratio * n_valid
+      e = safe_norm(h.astype(jnp.float32))
+      if self.scores == "sigmoid":
+        scores = jax.nn.sigmoid(jax.nn.softplus(k) * (e - theta))
+      elif self.scores == "zscore":
+        # Energies standardised over the row's valid tokens, so the budget ranks tokens within
+        # the row whatever the scale of h; kappa sets how hard the ranking is.
+        scores = jax.nn.softplus(k) * _standardise_over_tokens(e, mask)
+      else:
+        raise ValueError("config.model.budget.scores must be 'sigmoid' or 'zscore', found "
+                         f"{self.scores!r}")
+      if self.constraint == "exactly":
+        # sum alpha = B exactly: shift every row so that all its valid tokens start saturated
+        # (the 'at most' projection then binds). The projection ignores a uniform shift, so
+        # the shift carries no gradient.
+        low = jnp.min(jnp.where(mask, scores, jnp.inf), axis=-1, keepdims=True)
+        scores = scores - jax.lax.stop_gradient(jnp.where(jnp.isfinite(low), low, 0.0)) + 1.0
+      elif self.constraint != "at_most":
+        raise ValueError("config.model.budget.constraint must be 'at_most' or 'exactly', found "
+                         f"{self.constraint!r}")
+      alpha[m] = capped_simplex_projection(scores, budget[m], mask, method=self.method)
+    return alpha, budget, ratio

@@ -1,10 +1,15 @@
-"""Transformer pieces the baseline fusions share (models/mult.py, mbt.py, misa.py).
+"""Transformer pieces shared across models.
 
-Unlike layers.dot_product_attention (a key mask [B, Tk]), the attention here takes a full mask
-[B, Tq, Tk], which MulT's future mask needs, and drops attention weights, which MulT, MBT and
-MISA's fusion layer all do. Shapes: B batch, T tokens, d width, h heads. Softmax in float32.
+`GatedCrossAttentionBlock` is the cross-modal block of IntraCED's exchange (intra_ced.py) and of
+the flat-attention baseline (baselines.py). The rest serve the baseline fusions (mult.py, mbt.py,
+misa.py): unlike layers.dot_product_attention (a key mask [B, Tk]), `MaskedAttention` takes a
+full mask [B, Tq, Tk], which MulT's future mask needs, and drops attention weights, which MulT,
+MBT and MISA's fusion layer all do. Shapes: B batch, T tokens, d width, h heads. Softmax in
+float32.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,6 +18,9 @@ import numpy as np
 
 from clcr_jax.models import dropout as dropout_lib
 from clcr_jax.models import layers
+
+Dtype = Any
+
 
 def token_rank(mask: jax.Array) -> jax.Array:
   """0-based position of each token among the valid tokens of its row: bool[B, T] -> int[B, T].
@@ -64,3 +72,52 @@ class MaskedAttention(layers.MultiHeadAttention):
 def pair_mask(query_mask: jax.Array, key_mask: jax.Array) -> jax.Array:
   """bool[B, Tq, Tk]: valid query x valid key."""
   return query_mask[:, :, None] & key_mask[:, None, :]
+
+
+class GatedCrossAttentionBlock(nn.Module):
+  """Cross-attention of one modality's tokens over a pool of other tokens, gated per query token.
+
+  h = norm(query + Dropout(gate * MHA(query, pool))), then a position-wise FFN with its own
+  residual and norm ('post': LN(x + f(x)); 'pre': x + f(LN(x))). A token with gate 0 receives
+  nothing from the pool. IntraCED's exchange gates by the budget weights alpha, among shared
+  tokens; the flat-attention baseline gates by the token mask, over the full deep level.
+
+  Call: query [B, T, d], gate [B, T] (float), pool [B, T_pool, d], pool_mask bool[B, T_pool]
+  -> [B, T, d].
+  """
+  num_heads: int
+  dropout: float = 0.1
+  ffn_mult: int = 2
+  attention: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  # 'post': LN(x + sublayer(x)) (DEFAULT, docs/model.md, Exchange); 'pre': x + sublayer(LN(x)),
+  # so the stream passes through the block on an identity residual and only the sublayers'
+  # outputs are added to it.
+  norm: str = "post"
+  # 'default': lecun-normal output projections; 'zero': the attention's and the FFN's output
+  # projections start at zero, so at initialisation the sublayers add nothing to the stream.
+  output_init: str = "default"
+
+  @nn.compact
+  def __call__(self, query, gate, pool, pool_mask, *, train: bool):
+    if self.norm not in ("post", "pre"):
+      raise ValueError(f"config.model.exchange_norm must be 'post' or 'pre', found {self.norm!r}")
+    if self.output_init not in ("default", "zero"):
+      raise ValueError("config.model.exchange_init must be 'default' or 'zero', found "
+                       f"{self.output_init!r}")
+    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(norm_kw, **({"out_kernel_init": nn.initializers.zeros}
+                          if self.output_init == "zero" else {}))
+    width = query.shape[-1]
+    pre = self.norm == "pre"
+    norm1, norm2 = nn.LayerNorm(name="norm1", **norm_kw), nn.LayerNorm(name="norm2", **norm_kw)
+    msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
+                                    **kw)(norm1(query) if pre else query, pool, pool_mask)
+    msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
+        gate[..., None].astype(msg.dtype) * msg)
+    h = query + msg if pre else norm1(query + msg)
+    ffn = layers.MLP(self.ffn_mult * width, width, self.dropout, name="ffn", **kw)(
+        norm2(h) if pre else h, train=train)
+    ffn = dropout_lib.Dropout(self.dropout, deterministic=not train)(ffn)
+    return h + ffn if pre else norm2(h + ffn)
