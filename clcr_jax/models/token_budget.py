@@ -2,8 +2,8 @@
 
 `TokenBudget` (bottom of the file) scores each shared token by its energy and spends a learnable
 share of the row's valid tokens on them; `capped_simplex_projection` turns the scores into
-weights that respect that budget. IntraCED (docs/model.md, Budget) admits shared tokens into the cross-modal
-exchange through weights alpha in [0, 1] that spend at most a budget B per row:
+weights that respect that budget. IntraCED (docs/model.md, Budget) admits shared tokens into the
+cross-modal exchange through weights alpha in [0, 1] that spend at most a budget B per row:
 
     alpha_t = clip(s_t - tau, 0, 1) on valid tokens,   alpha_t = 0 on masked tokens,
 
