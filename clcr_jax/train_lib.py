@@ -40,7 +40,6 @@ from clcr_jax import run_config
 from clcr_jax.models import bert as bert_lib
 from data_pipelines import pipeline
 from data_pipelines import registry
-from data_pipelines import sampling
 
 # ---------------------------------------------------------------------------------------------
 # Configuration resolved against the dataset
@@ -248,10 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_batch_size = evaluate.batch_size(config)
   parallel.check_batch_size(eval_batch_size, "eval.batch_size")
   dp = parallel.DataParallel(config.parallel.mode, tuple(config.parallel.mesh_shape))
-  order = sampling.TrainOrder(reader.num_examples(config.data.train_split),
-                              config.train.batch_size, config.seed, jax.process_index(),
-                              jax.process_count())
-  steps_per_epoch = order.steps_per_epoch
+  steps_per_epoch = pipeline.steps_per_epoch(reader, config.data.train_split,
+                                             global_batch_size=config.train.batch_size,
+                                             process_count=jax.process_count())
   total_steps = optim.total_steps(config.train, steps_per_epoch)
   eval_every = _every(config.eval.every_steps, steps_per_epoch)
   ckpt_every = _every(config.checkpoint.every_steps, steps_per_epoch)
@@ -267,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_model = models.build_model(config.model)
   tx = optim.make_optimizer(config.train, steps_per_epoch, config.model)
   schedule = optim.make_schedule(config.train, steps_per_epoch)
-  sample = reader.load_examples(config.data.train_split, np.zeros(1, np.int64), train=False)
+  sample = pipeline.example_batch(reader, config.data.train_split)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
   def init_state():

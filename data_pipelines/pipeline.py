@@ -252,6 +252,22 @@ def eval_batches(reader, split: str, *, global_batch_size: int, process_index: i
                      order.batch_size, None)
 
 
+def steps_per_epoch(reader, split: str, *, global_batch_size: int, process_count: int = 1) -> int:
+  """Training steps in one epoch of `split`: the batches `train_batches` yields per epoch, the
+  same on every process (counted on the smallest host slice). Raises ValueError when the split
+  holds less than one global batch."""
+  return sampling.TrainOrder(reader.num_examples(split), global_batch_size, 0, 0,
+                             process_count).steps_per_epoch
+
+
+def example_batch(reader, split: str) -> dict[str, Any]:
+  """The first row of `split`, unaugmented, as a batch of one ({'inputs': {m: [1, ...]},
+  'masks': {m: bool[1, T_m]}, 'label': [1, ...], 'valid': bool[1]}): shapes and dtypes for
+  initialising a model."""
+  return _with_valid(reader.load_examples(split, np.zeros(1, np.int64), train=False),
+                     np.ones(1, bool))
+
+
 def num_eval_batches(reader, split: str, global_batch_size: int, process_count: int = 1) -> int:
   return sampling.EvalOrder(reader.num_examples(split), global_batch_size, 0,
                             process_count).num_batches

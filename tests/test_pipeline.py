@@ -109,6 +109,29 @@ def test_two_processes_train_on_disjoint_slices_that_cover_the_split(features_re
   assert not seen[0] & seen[1]
 
 
+@pytest.mark.parametrize("process_count,global_batch", [(1, 3), (2, 8)])
+def test_steps_per_epoch_is_the_number_of_batches_of_one_epoch(features_reader, process_count,
+                                                               global_batch):
+  steps = pipeline.steps_per_epoch(features_reader, "train", global_batch_size=global_batch,
+                                   process_count=process_count)
+  for p in range(process_count):
+    batches = list(pipeline.train_batches(
+        features_reader, "train", global_batch_size=global_batch, seed=3, start_step=0,
+        num_steps=steps + 1, process_index=p, process_count=process_count, backend="numpy"))
+    first_epoch = np.concatenate([row_ids(b) for b in batches[:steps]])
+    assert len(set(first_epoch)) == len(first_epoch)  # no row twice within the epoch
+    # The epoch leaves fewer rows unseen than a batch holds, so the next batch, the first of
+    # epoch 2, must repeat a row: one more step would not have fitted in the epoch.
+    assert set(row_ids(batches[steps])) & set(first_epoch)
+
+
+def test_example_batch_is_the_first_row_in_the_batch_layout(features_reader):
+  batch = pipeline.example_batch(features_reader, "train")
+  assert_batches_equal({k: v for k, v in batch.items() if k != "valid"},
+                       features_reader.load_examples("train", np.arange(1), train=False))
+  assert batch["valid"].tolist() == [True] and row_ids(batch).tolist() == [0]
+
+
 @pytest.mark.parametrize("split,global_batch", [("train", 4), ("valid", 2), ("test", 8)])
 def test_eval_padding_equal_batch_counts_and_exact_coverage(features_reader, split, global_batch):
   n = features_reader.num_examples(split)
