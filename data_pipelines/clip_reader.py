@@ -1,5 +1,6 @@
 """The reader of clip datasets (CREMA-D, Kinetics-Sounds, AVE videos, UCF101): per clip an audio
-file and frame folders, read from the dataset's own files or from the `prepare` cache.
+file and frame folders, read from the dataset's own files or from the clip cache
+(`clip_cache`, written by `python -m data_pipelines.prepare`).
 
 A subclass only parses its split lists into `Clip`s (ids, labels, file locations); this module
 checks the files, samples and decodes frames, computes or loads the audio feature, and serves
@@ -29,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from data_pipelines import audio as audio_lib
+from data_pipelines import clip_cache
 from data_pipelines import video
 from data_pipelines.base import DataError, DatasetReader, ModalitySpec, TaskSpec
 
@@ -273,13 +275,12 @@ class ClipReader(DatasetReader):
   def _open(self, split: str, clips: list[Clip]) -> None:
     mode = self.options["cache"]
     if mode != "off":
-      from data_pipelines import prepare  # pylint: disable=import-outside-toplevel
       directory = os.path.join(self._cache_dir(), split)
       if os.path.isdir(directory):
         try:
-          source = prepare.CachedSource(directory, self.cache_signature(), clips,
-                                        subset_ok=self.options["skip_missing"])
-        except prepare.CacheMismatch as e:
+          source = clip_cache.CachedSource(directory, self.cache_signature(), clips,
+                                           subset_ok=self.options["skip_missing"])
+        except clip_cache.CacheMismatch as e:
           if mode == "require":
             raise DataError(str(e)) from e
           logging.warning("not using the cache: %s; reading the raw files", e)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data_pipelines import clip_cache
 from data_pipelines.base import DataError
 
 FINGERPRINT_FILE = "clcr_fingerprint.json"
@@ -133,7 +134,6 @@ def _examples(reader, split: str, bar, chunk: int = 64):
 def write_tfds(reader, out: str, splits: Sequence[str] = (), name: str | None = None,
                version: str = "1.0.0", progress: bool = True) -> str:
   """Stores `splits` (default: all) of `reader` under `out`; returns the version folder."""
-  from data_pipelines import prepare  # pylint: disable=import-outside-toplevel
   if not reader.in_memory:
     raise ValueError(f"{type(reader).__name__} decodes and augments clips per training step; "
                      "storing its eval-time arrays as TFDS would drop the training augmentation. "
@@ -142,7 +142,7 @@ def write_tfds(reader, out: str, splits: Sequence[str] = (), name: str | None = 
   splits = tuple(splits or reader.splits)
   name = name or f"clcr_{reader.config.get('name')}"
   total = sum(reader.num_examples(s) for s in splits)
-  bar = prepare.Progress(total, f"{name} -> tfds", unit="examples") if progress else None
+  bar = clip_cache.Progress(total, f"{name} -> tfds", unit="examples") if progress else None
   builder = tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version=version, features=_features(tfds, reader, splits[0]),
       split_datasets={s: _examples(reader, s, bar) for s in splits}, data_dir=out,
