@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import base
+from data_pipelines import sequence_masks as sm
 from data_pipelines.base import DataError
-from data_pipelines.readers.mosi import lengths_to_mask, read_lengths
 from data_pipelines.registry import register
 
 LABEL = "label"
@@ -215,9 +215,9 @@ class FeaturesReader(base.InMemoryReader):
                           f"{x.shape} is [N, D] (no time axis)")
         masks[m] = np.ones((n, 1), bool)
       elif lkey in arrays:
-        lengths = read_lengths(arrays[lkey], n=n, max_len=x.shape[1],
+        lengths = sm.read_lengths(arrays[lkey], n=n, max_len=x.shape[1],
                                where=f"{sources[lkey]}[{lkey!r}]")
-        masks[m] = lengths_to_mask(lengths, x.shape[1], side)
+        masks[m] = sm.lengths_to_mask(lengths, x.shape[1], side)
         self._has_lengths[m] = True
       else:
         masks[m] = np.ones(x.shape[:2], bool)
