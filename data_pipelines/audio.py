@@ -32,6 +32,7 @@ Known deviations from the reference code (all documented where they happen):
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import wave
 from typing import Any
@@ -48,9 +49,12 @@ FORMATS = ("wav", "npy", "pkl")
 # ---------------------------------------------------------------------------------------------
 
 
-def read_wav(path: str) -> tuple[np.ndarray, int]:
+def read_wav(path: str, data: bytes | None = None) -> tuple[np.ndarray, int]:
   """Reads a PCM wav file with the stdlib `wave` module.
 
+  Args:
+    path: the file; with `data` given it only names the file in errors.
+    data: the file's bytes when the caller has already read them (e.g. from a zip archive).
   Returns:
     (float32 [channels, n] in [-1, 1), sample rate). Integer PCM is scaled like soundfile and
     torchaudio do (int16 / 32768, 8-bit unsigned offset by 128).
@@ -58,7 +62,7 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
     DataError naming the file when it is not a readable, non-empty PCM wav.
   """
   try:
-    with wave.open(path, "rb") as f:
+    with wave.open(io.BytesIO(data) if data is not None else path, "rb") as f:
       channels, width, rate, frames = (f.getnchannels(), f.getsampwidth(), f.getframerate(),
                                        f.getnframes())
       raw = f.readframes(frames)

@@ -30,9 +30,7 @@ whole matplotlib image) are floored to the recording's lowest finite value, with
 """
 from __future__ import annotations
 
-import io
 import logging
-import wave
 
 import numpy as np
 
@@ -43,29 +41,6 @@ T_LENGTH = 112   # time frames
 NFFT = (F_LENGTH - 1) * 2 + 1  # 223: odd, so the one-sided spectrum has exactly 112 bins
 # matplotlib's 'Greys' (ColorBrewer, 9 colours from white to black), one channel, 0..255.
 _GREYS = np.array([255, 240, 217, 189, 150, 115, 82, 37, 0], np.float64) / 255.0
-
-
-def read_wav(path: str, data: bytes | None = None) -> tuple[np.ndarray, int]:
-  """(float32 [L] samples in [-1, 1), sample rate) of an integer-PCM wav; channels averaged.
-
-  `data`, when given, is the file's content already read (`path` then only names it).
-  """
-  try:
-    with wave.open(io.BytesIO(data) if data is not None else path, "rb") as w:
-      channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-      raw = w.readframes(w.getnframes())
-  except FileNotFoundError as e:
-    raise DataError(f"{path}: file not found") from e
-  except (wave.Error, EOFError) as e:
-    raise DataError(f"{path}: not a PCM wav file the wave module can read ({e})") from e
-  if width == 1:  # 8-bit wav is unsigned
-    x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-  elif width in (2, 4):
-    x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / float(2 ** (8 * width - 1))
-  else:
-    raise DataError(f"{path}: expected 8-, 16- or 32-bit PCM, found {8 * width}-bit samples")
-  x = x.reshape(-1, channels)
-  return (x[:, 0] if channels == 1 else x.mean(axis=1)), rate
 
 
 def mfas_segmentation(num_samples: int, t_length: int = T_LENGTH) -> tuple[int, int]:

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import audio
 from data_pipelines import audio_features
 from data_pipelines import base
 from data_pipelines.base import DataError
@@ -342,7 +343,9 @@ class AvMnistReader(base.DatasetReader):
           self.cache_stats["cached"] += 1
           continue
         logging.warning("avmnist: ignoring malformed cache file %s", cached)
-      samples, rate = audio_features.read_wav(path, data)
+      samples, rate = audio.read_wav(path, data)
+      # The spectrogram is of one signal [L]: a multi-channel recording is averaged.
+      samples = samples[0] if len(samples) == 1 else samples.T.mean(axis=1)
       table[i] = audio_features.avmnist_spectrogram(samples, rate, self.audio_render, where=path)
       self.cache_stats["computed"] += 1
       if cached:
