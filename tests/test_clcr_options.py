@@ -308,3 +308,49 @@ def test_zero_init_exchange_starts_as_the_identity_and_then_learns():
   with pytest.raises(ValueError, match="exchange_init"):
     tl.GatedCrossAttentionBlock(2, output_init="small").init(jax.random.key(0), q, alpha, pool,
                                                              pool_mask, train=False)
+
+
+def _reference_gated_attention(params, q, pool, gate):
+  """float64 numpy: one query set over a pool whose tokens with gate 0 are no keys and whose
+  values are scaled by the gate (the attention sublayer only, before its gate and residual)."""
+  p = {k: {n: np.asarray(v, np.float64) for n, v in params[k].items()} for k in params}
+  proj = lambda x, name: np.einsum("btd,dhk->bthk", x, p[name]["kernel"]) + p[name]["bias"]
+  qh, kh, vh = proj(q, "query"), proj(pool, "key"), proj(pool, "value") * gate[..., None, None]
+  logits = np.einsum("bqhk,bthk->bhqt", qh, kh) / np.sqrt(qh.shape[-1])
+  logits = np.where((gate > 0)[:, None, None], logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  out = np.einsum("bhqt,bthk->bqhk", w, vh)
+  return np.einsum("bqhk,hkd->bqd", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def test_budget_pool_admits_only_the_budgeted_pool_tokens_weighted_by_alpha():
+  rng = np.random.default_rng(14)
+  q = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  pool = np.asarray(rng.normal(size=(2, 6, 8)), np.float32)
+  pool_mask = jnp.ones((2, 6), bool)
+  gate = np.asarray([[1.0, 0.0, 0.5, 0.0, 0.2, 1.0], [0.0, 0.0, 1.0, 0.3, 0.0, 0.0]], np.float32)
+  ones = jnp.ones((2, 5), jnp.float32)
+  block = tl.GatedCrossAttentionBlock(2, dropout=0.0, norm="pre", output_init="default")
+  params = block.init(jax.random.key(0), q, ones, jnp.asarray(pool), pool_mask, jnp.asarray(gate),
+                      train=False)
+  params["params"]["ffn"]["fc2"] = jax.tree_util.tree_map(jnp.zeros_like,
+                                                          params["params"]["ffn"]["fc2"])
+  run = lambda x, g: np.asarray(block.apply(params, q, ones, jnp.asarray(x), pool_mask,
+                                            None if g is None else jnp.asarray(g), train=False))
+  # pre-norm with a zero FFN output: out = q + MHA(LN(q), pool), so out - q is the message.
+  norm = params["params"]["norm1"]
+  qn = np.asarray(q, np.float64)
+  qn = (qn - qn.mean(-1, keepdims=True)) / np.sqrt(qn.var(-1, keepdims=True) + 1e-6)
+  qn = qn * np.asarray(norm["scale"]) + np.asarray(norm["bias"])
+  expected = _reference_gated_attention(params["params"]["attention"], qn, pool, gate)
+  np.testing.assert_allclose(run(pool, gate) - np.asarray(q), expected, atol=1e-5)
+  # A pool token outside the budget changes nothing; with the whole pool as keys it does.
+  moved = pool.copy()
+  moved[:, 1] += 5.0
+  np.testing.assert_allclose(run(moved, gate), run(pool, gate), atol=1e-6)
+  assert np.abs(run(moved, None) - run(pool, None)).max() > 1e-2
+  with pytest.raises(ValueError, match="budget.pool"):
+    intra_ced.IntraCED(8, 4, 4, ("a", "b"), budget_pool="some").init(
+        jax.random.key(0), {"a": jnp.ones((1, 3, 8)), "b": jnp.ones((1, 3, 8))},
+        {"a": jnp.ones((1, 3), bool), "b": jnp.ones((1, 3), bool)})

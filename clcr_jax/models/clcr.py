@@ -109,6 +109,7 @@ class CLCR(nn.Module):
         participation_init=cfg.budget.participation_init, kappa_init=cfg.budget.kappa_init,
         theta_init=cfg.budget.theta_init, budget_method=cfg.budget.method,
         budget_scores=cfg.budget.scores, budget_constraint=cfg.budget.constraint,
+        budget_pool=cfg.budget.pool,
         dense_budget=cfg.ablation.dense_budget, private_ffn=cfg.private_ffn,
         attention=cfg.attention, train=train, dtype=dtype, param_dtype=param_dtype,
         bases_trainable=cfg.stiefel_trainable, exchange_norm=cfg.exchange_norm,

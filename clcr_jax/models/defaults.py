@@ -84,6 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget.scores = "sigmoid"
   # 'at_most': sum alpha <= B (never binds while the scores sum below B); 'exactly': sum alpha = B.
   c.budget.constraint = "at_most"
+  # Keys/values of the exchange: 'all' valid shared tokens of the other modalities (DEFAULT,
+  # Exchange), or 'budget': only the tokens their own budget admits, values scaled by alpha.
+  c.budget.pool = "all"
 
   c.inter_cad = ml_collections.ConfigDict()
   # LayerNorm on each pooled summary s_l^m = LN(W mean_t h). DEFAULT (InterCAD)

@@ -118,6 +118,11 @@ class StiefelBases(nn.Module):
     return u_sh, u_pr
 
 
+# Which pool tokens a query may attend to: 'all' valid shared tokens of the other modalities, or
+# only those their own 'budget' admits (alpha > 0), each value scaled by its alpha.
+BUDGET_POOLS = ("all", "budget")
+
+
 class IntraCED(nn.Module):
   """One level of IntraCED (the model maps it over the levels with nn.vmap).
 
@@ -130,9 +135,9 @@ class IntraCED(nn.Module):
   The fields are plain values, not the model config, so that one level can be built and tested
   without a whole config; they mirror config.model fields (num_heads, dropout, ffn_mult,
   private_ffn, attention, exchange_norm, exchange_init), its budget block (participation_init,
-  kappa_init, theta_init, budget_method, budget_scores, budget_constraint), its ablation switches
-  (split = not no_intraced, dense_budget) and stiefel_trainable (bases_trainable). Pass them by
-  keyword: clcr.py does.
+  kappa_init, theta_init, budget_method, budget_scores, budget_constraint, budget_pool), its
+  ablation switches (split = not no_intraced, dense_budget) and stiefel_trainable
+  (bases_trainable). Pass them by keyword: clcr.py does.
   """
   d: int
   d_shared: int
@@ -157,10 +162,14 @@ class IntraCED(nn.Module):
   bases_trainable: bool = True
   exchange_norm: str = "post"
   exchange_init: str = "default"
+  budget_pool: str = "all"
 
   @nn.compact
   def __call__(self, h: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]):
     train = self.train
+    if self.budget_pool not in BUDGET_POOLS:
+      raise ValueError(f"config.model.budget.pool must be one of {BUDGET_POOLS}, found "
+                       f"{self.budget_pool!r}")
     if not self.split:
       ones = {m: masks[m].astype(jnp.float32) for m in self.modalities}
       return {"shared": dict(h), "private": None, "alpha": ones,
@@ -186,10 +195,13 @@ class IntraCED(nn.Module):
         continue
       pool = jnp.concatenate([shared[o] for o in others], axis=1)
       pool_mask = jnp.concatenate([masks[o] for o in others], axis=1)
+      pool_gate = (jnp.concatenate([alpha[o] for o in others], axis=1)
+                   if self.budget_pool == "budget" else None)
       exchanged[m] = tl.GatedCrossAttentionBlock(
           num_heads=self.num_heads, dropout=self.dropout, ffn_mult=self.ffn_mult,
           attention=self.attention, norm=self.exchange_norm, output_init=self.exchange_init,
-          name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool, pool_mask, train=train)
+          name=f"exchange_{m}", **kw)(shared[m], alpha[m], pool, pool_mask, pool_gate,
+                                       train=train)
     if self.private_ffn:
       private = {m: nn.LayerNorm(name=f"private_norm_{m}", **kw)(
           p + layers.MLP(self.ffn_mult * self.d_private, self.d_private, self.dropout,

@@ -132,8 +132,11 @@ class MultiHeadAttention(nn.Module):
                            name="out")(out)
 
   @nn.compact
-  def __call__(self, queries, keys_values, key_mask):
+  def __call__(self, queries, keys_values, key_mask, value_weight=None):
+    """value_weight [B, Tk] (optional) scales each key's value after projection."""
     q, k, v = self.project(queries, keys_values)
+    if value_weight is not None:
+      v = v * value_weight[:, :, None, None].astype(v.dtype)
     out = dot_product_attention(q, k, v, key_mask, self.implementation)
     return self.output(out)
 

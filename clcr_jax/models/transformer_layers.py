@@ -82,8 +82,10 @@ class GatedCrossAttentionBlock(nn.Module):
   nothing from the pool. IntraCED's exchange gates by the budget weights alpha, among shared
   tokens; the flat-attention baseline gates by the token mask, over the full deep level.
 
-  Call: query [B, T, d], gate [B, T] (float), pool [B, T_pool, d], pool_mask bool[B, T_pool]
-  -> [B, T, d].
+  Call: query [B, T, d], gate [B, T] (float), pool [B, T_pool, d], pool_mask bool[B, T_pool],
+  optional pool_gate [B, T_pool] (float) -> [B, T, d]. With pool_gate, a pool token is a key
+  only where its gate is > 0 and its value is scaled by its gate, so the pool holds just the
+  tokens a budget admits, weighted as it admits them.
   """
   num_heads: int
   dropout: float = 0.1
@@ -100,7 +102,7 @@ class GatedCrossAttentionBlock(nn.Module):
   output_init: str = "default"
 
   @nn.compact
-  def __call__(self, query, gate, pool, pool_mask, *, train: bool):
+  def __call__(self, query, gate, pool, pool_mask, pool_gate=None, *, train: bool):
     if self.norm not in ("post", "pre"):
       raise ValueError(f"config.model.exchange_norm must be 'post' or 'pre', found {self.norm!r}")
     if self.output_init not in ("default", "zero"):
@@ -112,8 +114,11 @@ class GatedCrossAttentionBlock(nn.Module):
     width = query.shape[-1]
     pre = self.norm == "pre"
     norm1, norm2 = nn.LayerNorm(name="norm1", **norm_kw), nn.LayerNorm(name="norm2", **norm_kw)
+    if pool_gate is not None:
+      pool_mask = pool_mask & (pool_gate > 0)
     msg = layers.MultiHeadAttention(self.num_heads, width, self.attention, name="attention",
-                                    **kw)(norm1(query) if pre else query, pool, pool_mask)
+                                    **kw)(norm1(query) if pre else query, pool, pool_mask,
+                                          pool_gate)
     msg = dropout_lib.Dropout(self.dropout, deterministic=not train)(
         gate[..., None].astype(msg.dtype) * msg)
     h = query + msg if pre else norm1(query + msg)
