@@ -366,3 +366,107 @@ def test_mosi_text_bert_trains_end_to_end_on_minilm(tmp_path):
                      "vision": np.ones((2, 500), bool)}}
   prediction, _ = predictor(batch["inputs"], batch["masks"])
   assert prediction.shape == (2,) and np.all(np.isfinite(prediction))
+
+
+# ---------------------------------------------------------------------------------------------
+# resume: a BERT run's parameters are train state like any other
+# ---------------------------------------------------------------------------------------------
+class _Crash(Exception):
+  """Raised from the batch stream: the run dies mid-training, as a killed process would."""
+
+
+def tiny_bert_run(tmp_path, bert_dir):
+  """mosi.py:tiny,text=bert on an MMSA fixture whose token ids fit the tiny random BERT:
+  16 training examples, batch 8 (one per test device), 4 steps, a checkpoint and a validation every 2."""
+  import fixtures_msa  # pylint: disable=import-outside-toplevel
+  from experiments.configs import mosi  # pylint: disable=import-outside-toplevel
+  data_dir = tmp_path / "MOSI"
+  if not data_dir.exists():
+    def small_vocab(data):  # ids [N, 3, 50]: row 0 ids, row 1 attention mask
+      for split in data.values():
+        bert_rows = split["text_bert"]
+        bert_rows[:, 0] = (bert_rows[:, 0] % bf.TINY["vocab_size"]) * bert_rows[:, 1]
+    fixtures_msa.write_mmsa(data_dir, aligned=False, sizes={"train": 16, "valid": 3, "test": 5},
+                            mutate=small_vocab)
+  config = mosi.get_config("tiny,text=bert")
+  config.data.root = str(data_dir)
+  config.model.bert.path = str(bert_dir)
+  config.model.bert.levels = (0, 1, 2)
+  config.train.update(batch_size=8, num_epochs=2, max_steps=4, log_every_steps=1,
+                      learning_rate=1e-2, bert_learning_rate=1e-3)
+  config.eval.update(batch_size=8, every_steps=2)
+  config.checkpoint.every_steps = 2
+  config.logging.tensorboard = False
+  return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bert_run(tmp_path_factory):
+  """(tmp folder with MOSI/ and bert/, the workdir of the tiny BERT run trained in one go)."""
+  import clcr_jax  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("bert_resume")
+  bert_dir = bf.write_tiny_bert(root / "bert", max_position_embeddings=64)
+  workdir = root / "reference"
+  clcr_jax.train_and_evaluate(tiny_bert_run(root, bert_dir), str(workdir))
+  return root, workdir
+
+
+@pytest.mark.parametrize("move_bert", [False])
+def test_interrupted_bert_run_resumes_bitwise(uninterrupted_bert_run, tmp_path, monkeypatch,
+                                              caplog, move_bert):
+  """Killed during step 4 (after step 2's checkpoint and step 3's log line), restarted: the
+  same parameters, metrics.jsonl and results.json as the run trained in one go. With
+  `move_bert` the BERT directory moves between the two launches (config.model.bert.path
+  changes), which must not block the resume."""
+  import json  # pylint: disable=import-outside-toplevel
+  import logging  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import clcr_jax  # pylint: disable=import-outside-toplevel
+  from clcr_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
+  root, reference = uninterrupted_bert_run
+  bert_dir = tmp_path / "bert"
+  shutil.copytree(root / "bert", bert_dir)
+  workdir = tmp_path / "run"
+  real_batches = pipeline.train_batches
+
+  def dies_before_step_4(*args, **kwargs):
+    batches = real_batches(*args, **kwargs)
+    for _ in range(3):
+      yield next(batches)
+    raise _Crash
+
+  monkeypatch.setattr(pipeline, "train_batches", dies_before_step_4)
+  with pytest.raises(_Crash):
+    clcr_jax.train_and_evaluate(tiny_bert_run(root, bert_dir), str(workdir))
+  monkeypatch.setattr(pipeline, "train_batches", real_batches)
+  assert checkpointing.load_state(str(workdir), "latest")[2] == 2
+  assert not (workdir / "results.json").exists()
+  with open(workdir / "metrics.jsonl") as f:
+    assert max(json.loads(l)["step"] for l in f) == 3  # a step the resumed run redoes
+
+  if move_bert:
+    moved = tmp_path / "elsewhere" / "bert"
+    shutil.move(str(bert_dir), str(moved))
+    bert_dir = moved
+  caplog.set_level(logging.INFO)
+  results = clcr_jax.train_and_evaluate(tiny_bert_run(root, bert_dir), str(workdir))
+  assert "Resumed from" in caplog.text and "at step 2" in caplog.text
+  assert "BERT backbone initialised" not in caplog.text  # restored, not re-initialised
+
+  for which in ("latest", "best"):
+    ref_state, ref_meta, ref_step = checkpointing.load_state(str(reference), which)
+    state, meta, step = checkpointing.load_state(str(workdir), which)
+    assert (step, meta) == (ref_step, ref_meta), which
+    jax.tree.map(np.testing.assert_array_equal, ref_state, state)
+  with open(reference / "results.json") as f:
+    assert json.load(f) == results
+  with open(workdir / "results.json") as f:
+    assert json.load(f) == results
+  read_log = lambda d: [json.loads(l) for l in open(d / "metrics.jsonl")]
+  strip = lambda r: {k: v for k, v in r.items() if "steps" not in k}  # steps/s: wall clock
+  assert [strip(r) for r in read_log(workdir)] == [strip(r) for r in read_log(reference)]
+  # The trained BERT is in the run's checkpoints: load() needs no BERT directory.
+  predictor = clcr_jax.load(str(workdir))
+  assert "bert" in predictor.variables["params"]["semantic_hierarchy"]["backbone_text"]
