@@ -185,6 +185,10 @@ def _write_json(path: str, obj: Any) -> None:
 # logging may change (e.g. to train longer).
 _RUN_IDENTITY = ("seed", "model.", "loss.", "data.name", "data.generator", "data.train_split",
                  "train.batch_size", "train.optimizer", "train.modulation", "train.ogm_ge.")
+# Where the pretrained BERT lies is not part of the run: its weights are read only to initialise
+# a fresh state, and a resumed run restores its own, so the directory may move between launches.
+# What it holds still counts: the sizes read from it (model.bert.hidden_size, ...) stay checked.
+_NOT_RUN_IDENTITY = ("model.bert.path",)
 
 
 def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
@@ -197,7 +201,8 @@ def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
   now = traverse_util.flatten_dict(
       json.loads(json.dumps(metrics_lib.json_safe(record))), sep=".")
   keys = sorted(k for k in set(saved) | set(now)
-                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY))
+                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY)
+                and k not in _NOT_RUN_IDENTITY)
   # A field added to the project after the workdir was written is absent from its config.json;
   # at its default value it selects the behaviour the run had, so it is no difference.
   defaults = run_config.project_defaults()

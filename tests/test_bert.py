@@ -411,7 +411,7 @@ def uninterrupted_bert_run(tmp_path_factory):
   return root, workdir
 
 
-@pytest.mark.parametrize("move_bert", [False])
+@pytest.mark.parametrize("move_bert", [False, True])
 def test_interrupted_bert_run_resumes_bitwise(uninterrupted_bert_run, tmp_path, monkeypatch,
                                               caplog, move_bert):
   """Killed during step 4 (after step 2's checkpoint and step 3's log line), restarted: the
@@ -470,3 +470,24 @@ def test_interrupted_bert_run_resumes_bitwise(uninterrupted_bert_run, tmp_path, 
   # The trained BERT is in the run's checkpoints: load() needs no BERT directory.
   predictor = clcr_jax.load(str(workdir))
   assert "bert" in predictor.variables["params"]["semantic_hierarchy"]["backbone_text"]
+
+
+def test_run_identity_ignores_only_where_the_bert_directory_is(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  from clcr_jax import train_lib  # pylint: disable=import-outside-toplevel
+  bert_dir = bf.write_tiny_bert(tmp_path / "bert", max_position_embeddings=64)
+  config = tiny_bert_run(tmp_path, bert_dir)
+  bert.resolve_config(config.model)  # the sizes from bert_dir, as train_and_evaluate records
+  record = config.to_dict()
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "latest" / "2").mkdir(parents=True)  # what has_checkpoint sees
+  with open(workdir / "config.json", "w") as f:
+    json.dump(record, f)
+  moved = json.loads(json.dumps(record))
+  moved["model"]["bert"]["path"] = "/somewhere/else"
+  train_lib._check_resumable(str(workdir), moved)  # pylint: disable=protected-access
+  moved["model"]["bert"].update(levels=[0, 2, 2], hidden_size=64)
+  with pytest.raises(ValueError, match=r"different run[\s\S]*model\.bert\.hidden_size: 32 in "
+                     r"the workdir, 64 now[\s\S]*model\.bert\.levels") as raised:
+    train_lib._check_resumable(str(workdir), moved)  # pylint: disable=protected-access
+  assert "bert.path" not in str(raised.value)
