@@ -55,15 +55,15 @@ def make_schedule(train_config, steps_per_epoch: int,
   return base
 
 
-def _update_rule(train_config, schedule) -> list[optax.GradientTransformation]:
-  """Weight decay + the `train.optimizer` update at `schedule` (no clipping)."""
+def _update_rule(train_config, schedule, weight_decay: float) -> list[optax.GradientTransformation]:
+  """`weight_decay` + the `train.optimizer` update at `schedule` (no clipping)."""
   if train_config.optimizer == "sgd":
     parts = []
-    if train_config.weight_decay:
-      parts.append(optax.add_decayed_weights(train_config.weight_decay))
+    if weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay))
     return parts + [optax.sgd(schedule, momentum=train_config.momentum or None)]
   if train_config.optimizer == "adamw":
-    return [optax.adamw(schedule, weight_decay=train_config.weight_decay)]
+    return [optax.adamw(schedule, weight_decay=weight_decay)]
   raise ValueError(f"config.train.optimizer must be 'sgd' or 'adamw', "
                    f"found {train_config.optimizer!r}")
 
@@ -80,14 +80,15 @@ def make_optimizer(train_config, steps_per_epoch: int,
 
   With a 'bert' backbone in `model_config` (models/bert.py), BERT's parameters get their own
   update (`optax.multi_transform`): the same optimiser at `train.bert_learning_rate` (same
-  schedule shape), or none at all when `model.bert.freeze` (no optimiser state for them).
+  schedule shape) with `train.bert_weight_decay` (None: `train.weight_decay`), or none at all
+  when `model.bert.freeze` (no optimiser state for them).
   Gradient clipping stays global, over all parameters.
   """
   schedule = make_schedule(train_config, steps_per_epoch)
   parts = []
   if train_config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
-  rule = _update_rule(train_config, schedule)
+  rule = _update_rule(train_config, schedule, train_config.weight_decay)
   if model_config is None or not bert_lib.uses_bert(model_config):
     # Flat, as before the BERT backbone existed: the optimiser state of older checkpoints.
     return optax.chain(*parts, *rule)
@@ -95,6 +96,9 @@ def make_optimizer(train_config, steps_per_epoch: int,
     bert_rule = optax.set_to_zero()
   else:
     bert_schedule = make_schedule(train_config, steps_per_epoch, train_config.bert_learning_rate)
-    bert_rule = optax.chain(*_update_rule(train_config, bert_schedule))
+    bert_decay = train_config.get("bert_weight_decay")
+    if bert_decay is None:
+      bert_decay = train_config.weight_decay
+    bert_rule = optax.chain(*_update_rule(train_config, bert_schedule, bert_decay))
   rules = {"rest": optax.chain(*rule), "bert": bert_rule}
   return optax.chain(*parts, optax.multi_transform(rules, bert_labels))

@@ -491,3 +491,49 @@ def test_run_identity_ignores_only_where_the_bert_directory_is(tmp_path):
                      r"the workdir, 64 now[\s\S]*model\.bert\.levels") as raised:
     train_lib._check_resumable(str(workdir), moved)  # pylint: disable=protected-access
   assert "bert.path" not in str(raised.value)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("bert_weight_decay", [None, 1e-3])
+def test_bert_weight_decay(tmp_path, optimizer, bert_weight_decay):
+  """One update against its hand-computed value in float64, per parameter group. First step:
+  AdamW moves by -lr * (g / (|g| + eps) + wd * p) (decoupled decay, bias-corrected moments are
+  g and g^2); SGD with momentum by -lr * (g + wd * p) (decay added to the gradient)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  from clcr_jax import optim  # pylint: disable=import-outside-toplevel
+  config = tiny_bert_config(bf.write_tiny_bert(tmp_path / "ckpt"), optimizer=optimizer,
+                            learning_rate=1e-2, bert_learning_rate=1e-4,
+                            bert_weight_decay=bert_weight_decay)
+  config.train.weight_decay = 0.05
+  rng = np.random.default_rng(0)
+  draw = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  params = {"semantic_hierarchy": {"backbone_text": {"bert": {
+      "layer_0_query": {"kernel": draw(32, 32), "bias": draw(32)}}}},
+            "head": {"kernel": draw(32, 1), "bias": draw(1)}}
+  grads = jax.tree.map(lambda p: draw(*p.shape), params)
+  tx = optim.make_optimizer(config.train, 1, config.model)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  decay = {"bert": 0.05 if bert_weight_decay is None else bert_weight_decay, "rest": 0.05}
+  lr = {"bert": 1e-4, "rest": 1e-2}
+  flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
+  for k, u in flat(updates).items():
+    group = "bert" if "/bert/" in k else "rest"
+    p, g = (np.asarray(flat(t)[k], np.float64) for t in (params, grads))
+    direction = g / (np.abs(g) + 1e-8) if optimizer == "adamw" else g
+    np.testing.assert_allclose(u, -lr[group] * (direction + decay[group] * p), rtol=1e-5,
+                               atol=1e-10, err_msg=k)
+    # The decay part alone: its projection on the parameters is the configured rate.
+    decay_part = -np.asarray(u, np.float64) / lr[group] - direction
+    np.testing.assert_allclose(np.sum(decay_part * p) / np.sum(p * p), decay[group], rtol=2e-2,
+                               err_msg=k)
+
+  config.model.bert.freeze = True  # frozen: no update and no optimiser state, whatever the decay
+  tx = optim.make_optimizer(config.train, 1, config.model)
+  opt_state = tx.init(params)
+  updates, _ = tx.update(grads, opt_state, params)
+  assert not np.any(updates["semantic_hierarchy"]["backbone_text"]["bert"]["layer_0_query"]
+                    ["kernel"])
+  n_rest = sum(x.size for x in jax.tree.leaves(params["head"]))
+  n_moments = 2 if optimizer == "adamw" else 1
+  assert 0 <= sum(x.size for x in jax.tree.leaves(opt_state)) - n_moments * n_rest < 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from clcr_jax import losses
 from clcr_jax import modulation
@@ -58,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   # The parameters of a 'bert' backbone (models/bert.py), when not frozen: MMSA fine-tunes BERT
   # at 5e-5 beside 1e-3 for the rest. Same optimiser and schedule shape (clcr_jax/optim.py).
   config.train.bert_learning_rate = 5e-5
+  # Their weight decay, as MMSA's weight_decay_bert (e.g. 0.001); None: train.weight_decay.
+  config.train.bert_weight_decay = config_dict.placeholder(float)
   config.train.momentum = 0.9
   config.train.weight_decay = 1e-4
   config.train.schedule = "step"    # 'constant' | 'step' | 'cosine'

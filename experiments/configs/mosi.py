@@ -17,7 +17,8 @@ Variants (`--config=experiments/configs/mosi.py:<arg>`, comma-separated):
                            mult, mbt, misa)
   text=bert                the paper's text levels: MMSA `text_bert` token ids [3, 50] through
                            a pre-trained BERT, hidden states 4 / 8 / 12 as the three levels,
-                           fine-tuned at train.bert_learning_rate (5e-5, MMSA's; the rest 1e-3).
+                           fine-tuned at train.bert_learning_rate (5e-5, MMSA's; the rest 1e-3)
+                           with train.bert_weight_decay (None: train.weight_decay).
                            Point it at a local Hugging Face directory (config.json +
                            model.safetensors; nothing is downloaded), e.g.
                            --config.model.bert.path=/models/bert-base-uncased
