@@ -11,7 +11,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0,<2",
     "numpy>=1.26",
     "scipy>=1.11",
-    "einops>=0.8",
+    "einops>=0.8",  # named reshapes: attention blocks and heads, ResNet clip tokens, MISA
     "absl-py>=2.0",
     "safetensors>=0.4",  # BERT checkpoints (clcr_jax/models/bert.py), read without torch
     # TensorBoard event files (clcr_jax/metric_writers.py: its record writer and event protos,
