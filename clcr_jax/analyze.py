@@ -48,6 +48,7 @@ import argparse
 import collections
 import csv
 import json
+import logging
 import math
 import os
 import sys
@@ -57,11 +58,19 @@ import numpy as np
 
 from clcr_jax import evaluate
 from clcr_jax import inference
+from clcr_jax import metric_writers
 from clcr_jax import metrics as metrics_lib
 from data_pipelines import pipeline
 
 DEFAULT_SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 ALL = "all"
+# The progress lines of the long analyses (passes over a split, probe fits); the CLI prints
+# them on stderr, a notebook sees them only if it turns this logger's INFO level on.
+_LOG = logging.getLogger(__name__)
+
+
+def _progress(total: int, unit: str, label: str) -> metric_writers.Progress:
+  return metric_writers.Progress(total, unit, label=label, per_unit=True, log=_LOG.info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +166,9 @@ def noise_robustness(predictor, reader, split: str, sigmas=DEFAULT_SIGMAS, seed:
   clean = clean if clean is not None else evaluate.summarise(
       collect(predictor, reader, split, backend=backend), config)
   curves = {}
+  progress = _progress((len(modalities) + 1) * sum(s != 0 for s in sigmas), "pass",
+                       "noise: passes")
+  done = 0
   for target in (*modalities, ALL):
     targets = modalities if target == ALL else (target,)
     points = []
@@ -166,6 +178,8 @@ def noise_robustness(predictor, reader, split: str, sigmas=DEFAULT_SIGMAS, seed:
       else:
         result = evaluate.summarise(collect(
             predictor, reader, split, gaussian_noise(targets, sigma, std, seed), backend), config)
+        done += 1
+        progress.log(done, f"({target}, sigma {sigma:g})")
       points.append({"sigma": float(sigma), metric: result.get(metric),
                      "loss": result.get("loss")})
     curves[target] = points
@@ -182,16 +196,20 @@ def missing_modalities(predictor, reader, split: str, backend: str | None = None
   clean = clean if clean is not None else evaluate.summarise(
       collect(predictor, reader, split, backend=backend), config)
   conditions = [{"condition": "all present", "missing": [], **_pick(clean, metric)}]
+  progress = _progress(len(modalities) * (2 if len(modalities) > 2 else 1), "pass",
+                       "missing: passes")
+
+  def run(condition: str, missing: list[str]) -> None:
+    result = evaluate.summarise(
+        collect(predictor, reader, split, drop_modalities(missing), backend), config)
+    conditions.append({"condition": condition, "missing": missing, **_pick(result, metric)})
+    progress.log(len(conditions) - 1, f"({condition})")
+
   for m in modalities:
-    result = evaluate.summarise(collect(predictor, reader, split, drop_modalities([m]), backend),
-                                config)
-    conditions.append({"condition": f"without {m}", "missing": [m], **_pick(result, metric)})
+    run(f"without {m}", [m])
   if len(modalities) > 2:
     for m in modalities:
-      others = [o for o in modalities if o != m]
-      result = evaluate.summarise(
-          collect(predictor, reader, split, drop_modalities(others), backend), config)
-      conditions.append({"condition": f"only {m}", "missing": others, **_pick(result, metric)})
+      run(f"only {m}", [o for o in modalities if o != m])
   return {"metric": metric, "mode": mode, "split": split, "conditions": conditions,
           "note": "a missing modality has zero inputs and an all-False mask"}
 
@@ -451,12 +469,15 @@ def leakage_probes(predictor, reader, split: str, backend: str | None = None, se
   targets, skipped = probe_targets(factors[split], rows["masks"])
   result = {"shared": {}, "private": {} if private is not None else None, "chance": {},
             "kind": {}, "ridge": {"shared": {}, "private": {} if private is not None else None}}
+  streams = [(s, f) for s, f in (("shared", shared), ("private", private)) if f is not None]
+  progress = _progress(len(targets) * len(streams), "fit", "probes: fits")
+  fits = 0
   for name, (target, kind) in targets.items():
     result["kind"][name] = "accuracy" if kind == "binary" else "r2"
-    for stream, features in (("shared", shared), ("private", private)):
-      if features is None:
-        continue
+    for stream, features in streams:
       probe = fit_probe(features, target, kind, seed, ridges)
+      fits += 1
+      progress.log(fits, f"({name} from {stream})")
       result[stream][name] = probe["score"]
       result["ridge"][stream][name] = probe["ridge"]
       result["chance"][name] = probe["chance"]
@@ -860,6 +881,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("give --workdir=RUN and/or --sweep=SWEEP_DIR")
   if args.probes and not args.workdir:
     parser.error("--probes needs --workdir=RUN")
+  # Progress on stderr, so that stdout stays the list of files written and the headline.
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  level, propagate = _LOG.level, _LOG.propagate
+  _LOG.addHandler(handler)
+  _LOG.setLevel(logging.INFO)
+  _LOG.propagate = False
+  try:
+    return _main(args)
+  finally:
+    _LOG.removeHandler(handler)
+    _LOG.setLevel(level)
+    _LOG.propagate = propagate
+
+
+def _main(args: argparse.Namespace) -> int:
   if args.workdir and args.probes:
     probes = analyze_probes(args.workdir, args.split, args.checkpoint, args.backend or None,
                             args.seed)

@@ -1,8 +1,10 @@
 """Where a run's numbers go: metrics.jsonl, TensorBoard event files, and the console.
 
-The TensorBoard writer encodes the event protocol buffers itself (a few fixed fields: wall time,
-step, scalar summaries) so that it needs neither TensorFlow nor tensorboard installed: the GPU
-and TPU images often have neither, and the events still open in any TensorBoard.
+The event files are written with tensorboard's own record writer and event protocol buffers
+(`tensorboard.summary.writer.record_writer`, `tensorboard.compat.proto`), which need no
+TensorFlow. tensorboard's `EventFileWriter` is not used: it creates its file through
+`tensorboard.compat.tf`, which imports TensorFlow whenever TensorFlow is installed, and this
+library never imports TensorFlow (README.md, "TensorBoard").
 """
 from __future__ import annotations
 
@@ -11,92 +13,46 @@ import logging
 import math
 import os
 import socket
-import struct
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-# -- TFRecord framing with masked CRC-32C -------------------------------------------------------
-_CRC_TABLE = []
-for _i in range(256):
-  _c = _i
-  for _ in range(8):
-    _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-  _CRC_TABLE.append(_c)
-
-
-def crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", _masked_crc(header)) + data +
-          struct.pack("<I", _masked_crc(data)))
-
-
-# -- protobuf wire format for tensorflow.Event / Summary ----------------------------------------
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    out.append(b | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-  return _varint((number << 3) | wire) + payload
-
-
-def _bytes_field(number: int, data: bytes) -> bytes:
-  return _field(number, 2, _varint(len(data)) + data)
-
-
-def encode_event(wall_time: float, step: int, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-  """Event{wall_time=1 (double), step=2 (int64), file_version=3, summary=5{value=1{tag=1,
-  simple_value=2 (float)}}}."""
-  msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step & (2**64 - 1)))
-  if file_version is not None:
-    msg += _bytes_field(3, file_version.encode())
-  if scalars:
-    summary = b"".join(
-        _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", value)))
-        for tag, value in scalars.items())
-    msg += _bytes_field(5, summary)
-  return msg
-
 
 class TensorBoardWriter:
-  """Appends scalar events to `logdir/events.out.tfevents.<time>.<host>`."""
+  """Appends scalar events to `logdir/events.out.tfevents.<time>.<host>.<pid>`."""
 
   def __init__(self, logdir: str):
+    try:
+      # Imported here so that a broken install fails when the run starts, with the way out.
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      from tensorboard.summary.writer.record_writer import RecordWriter
+    except ImportError as e:
+      raise ImportError(
+          "TensorBoard logging needs the tensorboard package, a dependency of clcr_jax "
+          "(pip install 'tensorboard>=2.16'); or turn it off with "
+          "--config.logging.tensorboard=False (metrics.jsonl is written either way)") from e
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     os.makedirs(logdir, exist_ok=True)
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
     self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "ab")
-    self._file.write(tfrecord(encode_event(time.time(), 0, file_version="brain.Event:2")))
-    self._file.flush()
+    self._records = RecordWriter(open(self.path, "ab"))
+    self._append(self._event(wall_time=time.time(), step=0, file_version="brain.Event:2"))
+
+  def _append(self, event) -> None:
+    # Flushed at once, so that a killed run keeps every event it logged.
+    self._records.write(event.SerializeToString())
+    self._records.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    finite = {k: float(v) for k, v in scalars.items() if v is not None}
-    if finite:
-      self._file.write(tfrecord(encode_event(time.time(), step, finite)))
-      self._file.flush()
+    values = [self._summary.Value(tag=k, simple_value=float(v))
+              for k, v in scalars.items() if v is not None]
+    if values:
+      self._append(self._event(wall_time=time.time(), step=int(step),
+                               summary=self._summary(value=values)))
 
   def close(self) -> None:
-    self._file.close()
+    self._records.close()
 
 
 class JsonlWriter:
@@ -162,21 +118,36 @@ class MetricWriter:
 
 
 class Progress:
-  """Console progress: step, epoch, loss, steps/s and ETA."""
+  """A console progress line for `total` units of work: done/total, rate and ETA.
 
-  def __init__(self, total_steps: int, steps_per_epoch: int, start_step: int):
-    self.total, self.per_epoch = total_steps, steps_per_epoch
-    self._t0, self._s0 = time.time(), start_step
+  `line(done, note)` reads e.g. 'step 40/200 (epoch 2.00) loss 0.6931 | 12.50 steps/s | ETA
+  13s' (training) or, with `per_unit=True` for slow units, 'runs finished 3/8 | 2m05s/run |
+  ETA 10m25s'. The rate counts the units done since construction (`start` of them were done
+  before, e.g. by the run being resumed), so a resumed run's ETA is not skewed by them.
+  `unit` is singular; the rate in units per second adds an 's'.
+  """
 
-  def line(self, step: int, loss: float) -> str:
+  def __init__(self, total: int, unit: str, *, label: str | None = None, start: int = 0,
+               per_unit: bool = False, log: Callable[[str], None] | None = None):
+    self.total, self.unit, self.label = total, unit, label or unit
+    self.per_unit = per_unit
+    self._log = log or (lambda text: logging.info("%s", text))
+    self._t0, self._start = time.time(), start
+
+  def line(self, done: int, note: str = "") -> str:
     elapsed = time.time() - self._t0
-    rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
-    eta = (self.total - step) / rate if rate > 0 else float("nan")
-    return (f"step {step}/{self.total} (epoch {step / self.per_epoch:.2f}) loss {loss:.4f} | "
-            f"{rate:.2f} steps/s | ETA {format_seconds(eta)}")
+    rate = (done - self._start) / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - done) / rate if rate > 0 else float("nan")
+    if self.per_unit:
+      seconds = 1 / rate if rate > 0 else math.nan
+      speed = (f"{seconds:.1f}s" if seconds < 60 else format_seconds(seconds)) + f"/{self.unit}"
+    else:
+      speed = f"{rate:.2f} {self.unit}s/s"
+    note = f" {note}" if note else ""
+    return f"{self.label} {done}/{self.total}{note} | {speed} | ETA {format_seconds(eta)}"
 
-  def log(self, step: int, loss: float) -> None:
-    logging.info("%s", self.line(step, loss))
+  def log(self, done: int, note: str = "") -> None:
+    self._log(self.line(done, note))
 
 
 def format_seconds(s: float) -> str:

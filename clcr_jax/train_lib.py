@@ -316,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.MetricWriter(workdir, enabled=is_main,
                                        tensorboard=config.logging.tensorboard,
                                        resume_step=start_step if restored else None)
-  progress = metric_writers.Progress(total_steps, steps_per_epoch, start_step)
+  progress = metric_writers.Progress(total_steps, "step", start=start_step)
   device_state = dp.put_state(state)
   del state
   rng = dp.put_key(train_key)
@@ -339,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
       means["epoch"] = step / steps_per_epoch
       writer.write(step, "train", means)
-      progress.log(step, means["loss/total"])
+      progress.log(step, f"(epoch {means['epoch']:.2f}) loss {means['loss/total']:.4f}")
 
   def save_latest(step):
     checkpointer.save("latest", step, dp.get_state(device_state), meta)

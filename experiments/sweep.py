@@ -425,6 +425,7 @@ def run_local(sweep: Sweep, runs: Sequence[Run], parallel: int = 1, python: str 
   times. Returns {run name: status}, status in 'skipped' (already done), 'done',
   'failed (exit N)', 'stalled', 'interrupted', 'not started'.
   """
+  from clcr_jax import metric_writers  # pylint: disable=import-outside-toplevel
   python = python or sys.executable
   status = {}
   todo = []
@@ -443,6 +444,17 @@ def run_local(sweep: Sweep, runs: Sequence[Run], parallel: int = 1, python: str 
   queue = list(todo)
   active: list[_Active] = []
   launched = 0
+  # Runs ended for good (done, failed or stalled out) over the wall time since the launch: with
+  # `parallel` runs at once this is the sweep's throughput, so the ETA needs no rescaling.
+  progress = metric_writers.Progress(len(todo), "run", label="[progress] runs", per_unit=True,
+                                     log=log)
+  ended, failed = 0, 0
+
+  def finished(ok: bool) -> None:
+    nonlocal ended, failed
+    ended += 1
+    failed += not ok
+    progress.log(ended, f"ended ({failed} failed)" if failed else "ended")
 
   def launch(run: Run) -> None:
     nonlocal launched
@@ -485,6 +497,7 @@ def run_local(sweep: Sweep, runs: Sequence[Run], parallel: int = 1, python: str 
         if code == 0 and read_results(run) is not None:
           status[run.name] = "done"
           log(f"[done] {run.name} in {time.time() - a.started:.0f}s")
+          finished(True)
         elif stop.signum is not None:
           status[run.name] = "interrupted"
           log(f"[interrupted] {run.name} (exit {code}); rerun the sweep to resume it")
@@ -496,9 +509,11 @@ def run_local(sweep: Sweep, runs: Sequence[Run], parallel: int = 1, python: str 
         elif a.stalled:
           status[run.name] = "stalled"
           log(f"[failed] {run.name}: stalled {max_restarts + 1} times; see {path}")
+          finished(False)
         else:
           status[run.name] = f"failed (exit {code})"
           log(f"[failed] {run.name}: exit {code}; last lines of {path}:\n{_tail(path)}")
+          finished(False)
       time.sleep(0.2)
     for run in queue:
       status.setdefault(run.name, "not started")

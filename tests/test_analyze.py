@@ -60,6 +60,18 @@ def test_analyze_writes_every_file(analyses):
   assert first["noise"]["metric"] == "accuracy"
 
 
+def test_cli_reports_the_progress_of_each_analysis(analyses):
+  directory, first, _ = analyses
+  lines = (directory / "cli.log").read_text().splitlines()
+  passes = {"noise": len(first["noise"]["curves"]) * sum(s != 0 for s in SIGMAS),
+            "missing": len(first["missing"]["conditions"]) - 1}
+  for name, total in passes.items():
+    progress = [l for l in lines if l.startswith(f"{name}: passes ")]
+    assert len(progress) == total, lines
+    assert progress[-1].startswith(f"{name}: passes {total}/{total} ("), progress
+    assert all("s/pass | ETA " in l for l in progress), progress
+
+
 def test_clean_analysis_reproduces_results_json(tiny_sweep, analyses):
   root, _ = tiny_sweep
   _, first, second = analyses

@@ -200,6 +200,10 @@ def test_runner_relaunches_a_stalled_run_and_reports_a_failed_one(tmp_path):
   assert "[done] data.noise=0.5__seed=0" in lines
   assert "[failed] data.noise=1.5__seed=0: exit 3" in lines and "boom" in lines
   assert "summary of 1/2 finished runs" in lines
+  # One progress line per run that ended for good (a restart is not one), with rate and ETA.
+  progress = [l for l in lines.splitlines() if l.startswith("[progress] runs ")]
+  assert len(progress) == 2 and "runs 2/2 ended (1 failed) | " in progress[-1], progress
+  assert all("/run | ETA " in l for l in progress), progress
   log = (tmp_path / "r" / "data.noise=0.5__seed=0" / "train.log").read_text()
   assert log.count("--workdir=") == 2  # launched twice, in the same workdir
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,7 +136,7 @@ def spatial_tokens(x: jax.Array, grid: int) -> jax.Array:
   ph = jnp.asarray(layers.adaptive_pool_matrix(x.shape[1], grid))
   pw = jnp.asarray(layers.adaptive_pool_matrix(x.shape[2], grid))
   pooled = jnp.einsum("nhwc,gh,kw->ngkc", x.astype(jnp.float32), ph, pw).astype(x.dtype)
-  return pooled.reshape(x.shape[0], grid * grid, x.shape[-1])
+  return einops.rearrange(pooled, "n g k c -> n (g k) c")
 
 
 class ModalityEncoder(nn.Module):
@@ -213,12 +214,13 @@ class ModalityEncoder(nn.Module):
           out.append((tokens, downsample_mask(mask, tokens.shape[1])))
         return out
       if self.kind == "video":
-        b, f = x.shape[:2]
-        maps = net(x.reshape((b * f,) + x.shape[2:]), train=train)
+        b = x.shape[0]
+        maps = net(einops.rearrange(x, "b f ... -> (b f) ..."), train=train)  # frames as images
         g2 = self.spatial_grid**2
         out = []
         for m in maps:
-          tokens = spatial_tokens(m, self.spatial_grid).reshape(b, f * g2, m.shape[-1])
+          tokens = einops.rearrange(spatial_tokens(m, self.spatial_grid),
+                                    "(b f) g c -> b (f g) c", b=b)
           out.append((tokens, jnp.repeat(mask, g2, axis=1)))
         return out
       raise ValueError(f"modality {self.name_!r}: backbone 'resnet18' takes kind 'spectrogram' "

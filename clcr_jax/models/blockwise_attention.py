@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,11 +38,13 @@ def block_size(batch: int, heads: int, tq: int, tk: int, block_bytes: int = BLOC
 
 
 def _blocks(size: int, *xs):
-  return tuple(x.reshape((x.shape[0] // size, size) + x.shape[1:]) for x in xs)
+  """Each x [B, ...] -> [B / size, size, ...]: `lax.map` runs over the leading block axis."""
+  return tuple(einops.rearrange(x, "(n b) ... -> n b ...", b=size) for x in xs)
 
 
 def _unblock(x):
-  return x.reshape((-1,) + x.shape[2:])
+  """[B / size, size, ...] -> [B, ...], undoing `_blocks`."""
+  return einops.rearrange(x, "n b ... -> (n b) ...")
 
 
 def _logits(q, k, mask):
@@ -108,6 +111,6 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.
   """Softmax attention, q [B, Tq, h, dh], k, v [B, Tk, h, dh], key_mask [B, Tk] -> [B, Tq, h, dh]."""
   batch, tq, heads, _ = q.shape
   size = block_size(batch, heads, tq, k.shape[1], block_bytes)
-  head_major = lambda x: jnp.swapaxes(x, 1, 2)
+  head_major = lambda x: einops.rearrange(x, "b t h d -> b h t d")
   out = _attention(head_major(q), head_major(k), head_major(v), key_mask, size)
-  return head_major(out)
+  return einops.rearrange(out, "b h t d -> b t h d")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
@@ -110,8 +111,9 @@ class MISA(baselines.UtteranceBaseline):
     stack = jnp.stack([private[m] for m in mods] + [shared[m] for m in mods], axis=1)
     fused = PostNormLayer(mc.fusion_heads, mc.fusion_ffn, mc.fusion_dropout, **kw,
                           name="fusion_transformer")(stack, train=train)
+    # One row of the 2M fused vectors, in stack order, as MMSA concatenates them.
     y = nn.Dense(len(mods) * hidden, name="fusion_fc1", **kw)(
-        fused.reshape(fused.shape[0], -1))
+        einops.rearrange(fused, "b v d -> b (v d)"))
     y = nn.relu(dropout_lib.Dropout(mc.dropout, deterministic=not train)(y))
     prediction = heads.TaskHead(cfg.task, cfg.num_classes, 0, 0.0, **kw, name="head")(
         y, train=train)
