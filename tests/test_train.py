@@ -355,9 +355,15 @@ def test_jit_and_pmap_give_the_same_losses_on_8_devices():
 
 def test_synthetic_trains_without_tensorflow(tmp_path):
   # sys.modules[name] = None is what an absent package looks like to both `import` (which
-  # raises ModuleNotFoundError) and importlib.util.find_spec (which returns None).
+  # raises ModuleNotFoundError) and importlib.util.find_spec (which returns None). einops alone
+  # reads any name in sys.modules as a loaded framework and would import it on its first call,
+  # so its JAX backend is looked up once before the names are blocked (an absent TensorFlow is
+  # not in sys.modules at all, and einops never tries it).
   script = f"""
 import sys
+import einops
+import jax.numpy as jnp
+einops.rearrange(jnp.zeros((1, 2)), 'a b -> b a')
 for name in ('tensorflow', 'tensorflow_datasets'):
   sys.modules[name] = None
 sys.path.insert(0, {REPO!r})
