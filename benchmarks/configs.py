@@ -13,7 +13,9 @@
   BertModel in torch_impl) is not written yet.
 MulT and MBT (BASELINE_VARIANTS) run as JAX variants of each configuration in the CPU table.
 Every configuration trains with the paper's optimiser (SGD momentum 0.9, lr 1e-3, wd 1e-4) in
-both frameworks. Only jax, numpy and ml_collections are imported here.
+both frameworks, and CLCR in the paper's form (models/defaults.py and losses.py PAPER_FORM: the
+learned, normalised InterCAD summaries, the 0.68 budget, summed R terms), which the PyTorch
+reference implements; the project's defaults depart from it in a few cheap places. Only jax, numpy and ml_collections are imported here.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from clcr_jax import losses
 from clcr_jax import models
+from clcr_jax.models import defaults as model_defaults
 
 NAMES = ("mosi", "cremad", "synthetic")
 JAX_ONLY_NAMES = ("mosi_bert",)  # no PyTorch implementation yet: run with --config=mosi_bert
@@ -79,6 +82,10 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
   applied to the model config (dotted keys)."""
   model = models.default_config()
   model.name = "clcr"
+  # The paper's form of the model, which the PyTorch reference implements (torch_reference/).
+  for key, value in model_defaults.PAPER_FORM.items():
+    section, field = key.split(".")
+    model[section][field] = value
   if name in ("mosi", "mosi_bert"):
     model.task, model.d, model.num_heads = "regression", 128, 4
     shapes = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
@@ -116,7 +123,9 @@ def get(name: str, device: str = "cpu", batch_size: int = 0,
     for p in parents:
       node = node[p]
     node[leaf] = value
-  config = ml_collections.ConfigDict({"model": model, "loss": losses.default_config(),
+  loss = losses.default_config()
+  loss.update(losses.PAPER_FORM)
+  config = ml_collections.ConfigDict({"model": model, "loss": loss,
                                       "train": train_config(steps_per_epoch)})
   return Benchmark(name, config, batch, shapes, kinds, desc)
 

@@ -204,8 +204,9 @@ def _check_resumable(workdir: str, record: dict[str, Any]) -> None:
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in _RUN_IDENTITY)
                 and k not in _NOT_RUN_IDENTITY)
   # A field added to the project after the workdir was written is absent from its config.json;
-  # at its default value it selects the behaviour the run had, so it is no difference.
-  defaults = run_config.project_defaults()
+  # at the value it meant then (run_config.absent_values) it selects the behaviour the run had,
+  # so it is no difference.
+  defaults = run_config.absent_values()
   same = lambda k: saved.get(k) == now.get(k) or (
       k not in saved and k in defaults and defaults[k] == now.get(k))
   diff = [f"{k}: {saved.get(k, '<absent>')!r} in the workdir, {now.get(k, '<absent>')!r} now"

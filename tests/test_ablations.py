@@ -202,7 +202,8 @@ def check_variant(variant, flat, terms, prediction, aux):
       assert np.all(terms[name] == 0), name
   else:
     assert len(aux["private"]) == num_levels
-    assert np.all(terms["intra"] > 0)
+    # A real term (the debiased estimate may sit slightly below 0 for nearly independent pairs).
+    assert np.all(np.isfinite(terms["intra"])) and np.all(terms["intra"] != 0)
   if variant == "no_intercad":
     np.testing.assert_array_equal(aux["omega"], np.float32(1 / 3))
     np.testing.assert_allclose(aux["beta"], present / present.sum(-1, keepdims=True))
@@ -250,7 +251,7 @@ def test_full_model_trains_with_and_without_regularisation_on_one_compiled_step(
 
   _, terms, _, _ = t.train(NO_REG_WEIGHTS)
   np.testing.assert_array_equal(terms["total"], terms["task"])
-  assert np.all(terms["intra"] > 0) and np.all(terms["sp"] > 0)
+  assert all(np.all(np.isfinite(terms[k])) and np.all(terms[k] != 0) for k in ("intra", "sp"))
   _assert_falls(terms["total"], "no regularisation")
   assert t.traces == 1
 

