@@ -15,7 +15,8 @@ MulT and MBT (BASELINE_VARIANTS) run as JAX variants of each configuration in th
 Every configuration trains with the paper's optimiser (SGD momentum 0.9, lr 1e-3, wd 1e-4) in
 both frameworks, and CLCR in the paper's form (models/defaults.py and losses.py PAPER_FORM: the
 learned, normalised InterCAD summaries, the 0.68 budget, summed R terms), which the PyTorch
-reference implements; the project's defaults depart from it in a few cheap places. Only jax, numpy and ml_collections are imported here.
+reference implements; the project's defaults depart from it in a few cheap places. Only jax,
+numpy and ml_collections are imported here.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def record(config: ml_collections.ConfigDict, derived: dict[str, Any]) -> dict[s
 
 
 def read(workdir: str) -> ml_collections.ConfigDict:
-  """`workdir`'s config.json as a config, with the fields it predates at their defaults."""
+  """`workdir`'s config.json as a config, with the fields it predates at `absent_values`."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not a clcr_jax run directory")
